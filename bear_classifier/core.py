@@ -20,10 +20,11 @@ from fastai.vision.learner import model_meta
 from fastai.torch_core import params
 
 # %% auto #0
-__all__ = ['BACKBONES', 'DEFAULT_BACKBONE', 'LITE_STATS', 'ARCHS', 'IMAGENET_BEAR_CLASSES', 'BackboneError', 'source_checkpoint',
-           'map_checkpoint', 'cache_dir', 'sha256_file', 'imagenet_weights', 'create_backbone', 'efficientnet_lite0',
-           'efficientnet_lite1', 'efficientnet_lite2', 'pretrained_arch', 'imagenet_classes', 'imagenet_preprocess',
-           'imagenet_topk', 'NetworkBlocked', 'block_network', 'bear_backbone']
+__all__ = ['BACKBONES', 'DEFAULT_BACKBONE', 'LITE_STATS', 'ARCHS', 'HEADS', 'IMAGENET_BEAR_CLASSES', 'BackboneError',
+           'source_checkpoint', 'map_checkpoint', 'cache_dir', 'sha256_file', 'imagenet_weights', 'create_backbone',
+           'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'pretrained_arch', 'create_model_head',
+           'create_model', 'imagenet_classes', 'imagenet_preprocess', 'imagenet_topk', 'NetworkBlocked',
+           'block_network', 'bear_backbone']
 
 # %% ../nbs/00_core.ipynb #c006
 BACKBONES = {
@@ -128,6 +129,23 @@ def pretrained_arch(name:str=DEFAULT_BACKBONE):
     return ARCHS[name]
 
 # %% ../nbs/00_core.ipynb #c017
+from fastai.vision.learner import create_body, create_head
+from fastai.callback.hook import num_features_model
+
+HEADS = ('fastai', 'linear')
+
+def create_model_head(head:str, nf:int, n_out:int, ps:float=0.5) -> nn.Module:
+    "Head `head` ('fastai' or 'linear') for a body with `nf` output channels"
+    if head == 'fastai': return create_head(nf, n_out, ps=ps)
+    if head == 'linear': return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(ps), nn.Linear(nf, n_out))
+    raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+
+def create_model(backbone:str=DEFAULT_BACKBONE, n_out:int=3, head:str='fastai', ps:float=0.5, pretrained:bool=True) -> nn.Sequential:
+    "`nn.Sequential(body, head)` as `vision_learner` builds it; rebuildable from `dict(backbone, n_out, head, ps)`"
+    body = create_body(create_backbone(backbone, pretrained), cut=-2)
+    return nn.Sequential(body, create_model_head(head, num_features_model(body), n_out, ps))
+
+# %% ../nbs/00_core.ipynb #c020
 IMAGENET_BEAR_CLASSES = {'grizzly': [294], 'black': [295], 'teddy': [850]}  # brown bear, American black bear, teddy
 
 def imagenet_classes() -> list[str]:
@@ -151,7 +169,7 @@ def imagenet_topk(model:nn.Module, img, k:int=5) -> list[tuple[int,str,float]]:
     names = imagenet_classes()
     return [(int(j), names[j], float(q)) for q, j in zip(p, i)]
 
-# %% ../nbs/00_core.ipynb #c022
+# %% ../nbs/00_core.ipynb #c025
 class NetworkBlocked(OSError):
     "Raised by any connection attempt inside `block_network`"
 
@@ -165,7 +183,7 @@ def block_network():
     try: yield
     finally: socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved
 
-# %% ../nbs/00_core.ipynb #c025
+# %% ../nbs/00_core.ipynb #c028
 @call_parse
 def bear_backbone(
     name:str=DEFAULT_BACKBONE, # Backbone: lite0, lite1 or lite2
