@@ -1,0 +1,135 @@
+"""Time to first prediction on the Voilà page: a cold kernel vs a pre-heated one.
+
+For each mode, `bear-app` serves the offline starter on a free loopback port (`--pool 0`: Voilà starts
+a kernel when the visitor arrives, as plain Voilà does; `--pool 1`: the repository's setting, a kernel
+that has already run the page). Once the server's processes are idle, Debian's chromium (playwright)
+opens the page, uploads a photo and clicks Classify as soon as the widgets appear. We time
+
+    page   navigation → the widgets are on screen
+    click  Classify → the label shows the prediction
+    ttfp   navigation → the label shows the prediction (time to first prediction)
+
+Modes alternate (cold, warm, cold, warm, ...) so that the machine's load drifts over both alike.
+Prints a table and writes bench/results/app.json.  Usage: python bench/app.py [--reps 2]
+"""
+import argparse, json, os, platform, signal, socket, statistics, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def wait_idle(proc, kernels, timeout=600, quiet_s=3.0, cpu_pct=10.0):
+    "Wait until `proc` has `kernels` kernel children and its whole process tree stays under `cpu_pct`% CPU for `quiet_s`"
+    t0, quiet_since, p = time.time(), None, psutil.Process(proc.pid)
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None: raise SystemExit(f'bench/app.py: bear-app exited with {proc.returncode}')
+        tree, n = [p] + p.children(recursive=True), 0
+        for c in tree:
+            try:
+                c.cpu_percent(interval=None)                 # prime: the next call measures from here
+                n += c is not p and 'ipykernel_launcher' in ' '.join(c.cmdline())
+            except psutil.Error: pass                        # a child that just exited
+        time.sleep(0.5)
+        cpu = 0.0
+        for c in tree:
+            try: cpu += c.cpu_percent(interval=None)
+            except psutil.Error: pass
+        if n >= kernels and cpu < cpu_pct:
+            quiet_since = quiet_since or time.time()
+            if time.time() - quiet_since >= quiet_s: return time.time() - t0
+        else: quiet_since = None
+    raise SystemExit(f'bench/app.py: bear-app did not settle within {timeout}s')
+
+
+def photo(tmp):
+    shared = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))/'bears_shift'/'grizzly'
+    files = sorted(shared.glob('*.jpg'))
+    if files: return files[0]
+    from PIL import Image
+    from skimage import data as sk
+    p = Path(tmp)/'chelsea.jpg'; Image.fromarray(sk.chelsea()).save(p); return p
+
+
+def visit(browser, url, img):
+    page = browser.new_page()
+    t0 = time.perf_counter()
+    page.goto(url, timeout=600_000)
+    page.wait_for_selector('.bear-upload', timeout=600_000)
+    t_page = time.perf_counter()
+    with page.expect_file_chooser() as fc: page.click('.bear-upload')
+    fc.value.set_files(str(img))
+    page.wait_for_function("document.querySelector('.bear-upload').textContent.includes('(1)')", timeout=600_000)
+    t_click = time.perf_counter()
+    page.click('.bear-classify')
+    page.wait_for_function("document.querySelector('.bear-upload').textContent.includes('(0)')", timeout=600_000)
+    t_done = time.perf_counter()
+    label = page.inner_text('.bear-prediction')
+    page.close()
+    return dict(page_s=t_page - t0, click_s=t_done - t_click, ttfp_s=t_done - t0, label=label)
+
+
+def run_mode(browser, model, pool, img):
+    port = free_port()
+    log = open(Path(tempfile.gettempdir())/f'bench-app-{port}.log', 'w')
+    t0 = time.time()
+    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(model), '--port', str(port), '--pool', str(pool)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        while True:
+            try:
+                with socket.create_connection(('127.0.0.1', port), timeout=1): break
+            except OSError: time.sleep(0.3)
+            if proc.poll() is not None: raise SystemExit(f'bench/app.py: bear-app exited; see {log.name}')
+        listen_s = time.time() - t0
+        ready_s = listen_s + wait_idle(proc, kernels=pool)
+        r = visit(browser, f'http://127.0.0.1:{port}/', img)
+        return dict(mode='pre-heated' if pool else 'cold', pool=pool, listen_s=listen_s, ready_s=ready_s, **r)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--reps', type=int, default=2)
+    args = ap.parse_args()
+    from playwright.sync_api import sync_playwright
+    from bear_classifier.export import build_starter
+    with tempfile.TemporaryDirectory() as tmp:
+        model, img = build_starter(Path(tmp)/'models'), photo(tmp)
+        rows = []
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
+            for rep in range(args.reps):
+                for pool in (0, 1):
+                    rows.append(dict(rep=rep, **run_mode(browser, model, pool, img)))
+                    print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+            browser.close()
+    summary = {}
+    for mode in ('cold', 'pre-heated'):
+        rs = [r for r in rows if r['mode'] == mode]
+        summary[mode] = {k: statistics.median(r[k] for r in rs) for k in ('ready_s', 'page_s', 'click_s', 'ttfp_s')}
+    print(f"\n{'mode':<12}{'server ready':>14}{'page':>10}{'click':>10}{'TTFP':>10}   (medians of {args.reps}, seconds)")
+    for mode, s in summary.items():
+        print(f"{mode:<12}{s['ready_s']:>14.1f}{s['page_s']:>10.1f}{s['click_s']:>10.2f}{s['ttfp_s']:>10.1f}")
+    out = ROOT/'bench'/'results'/'app.json'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = dict(bench='app time to first prediction', photo=str(img.name), cpus=os.cpu_count(),
+               machine=platform.machine(), python=platform.python_version(), runs=rows, median=summary,
+               when=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+    tmp_out = out.with_suffix('.json.tmp'); tmp_out.write_text(json.dumps(res, indent=2)); os.replace(tmp_out, out)
+    print(f'wrote {out.relative_to(ROOT)}')
+
+
+if __name__ == '__main__': main()

@@ -1,0 +1,204 @@
+"""The Voilà page in a real browser: `bear-app` on a free loopback port, Debian's chromium driven by
+playwright. Upload → Classify → label, for a bear, a text file, a cup of coffee, a 5000×4000 JPEG, a
+sideways phone photo and a file over the upload limit; the page must keep answering after each, and
+never fetch anything from outside 127.0.0.1. Screenshots go to tests/artifacts/ (git-ignored)."""
+import io, os, re, signal, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ARTIFACTS = ROOT/'tests'/'artifacts'
+CHROMIUM = '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+SENTENCE = re.compile(r'^(Prediction: (grizzly|black|teddy); Probability: [01]\.\d{4}|This does not look like a bear)$')
+STARTUP_S = 240      # bear-app: start Voila, pre-heat a kernel (torch + fastai + model) on a busy machine
+STEP_MS = 90_000     # one upload + classify, on a busy 2-core machine
+
+pytestmark = pytest.mark.browser
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    if not Path(CHROMIUM).exists(): pytest.skip(f'{CHROMIUM} not found: install Debian\'s chromium package (.ci/run does)')
+    tmp = tmp_path_factory.mktemp('app')
+    port, log = free_port(), tmp/'bear-app.log'
+    from _starter import starter_bundle
+    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(starter_bundle()), '--port', str(port)], cwd=ROOT,
+                            stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f'http://127.0.0.1:{port}/'
+    try:
+        t0 = time.time()
+        while True:
+            if proc.poll() is not None: pytest.fail(f'bear-app exited with {proc.returncode}:\n{log.read_text()[-3000:]}')
+            try:
+                with socket.create_connection(('127.0.0.1', port), timeout=1): break
+            except OSError:
+                if time.time() - t0 > STARTUP_S: pytest.fail(f'bear-app did not listen within {STARTUP_S}s:\n{log.read_text()[-3000:]}')
+                time.sleep(0.5)
+        yield url, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)            # Voilà shuts its kernels down on SIGTERM
+            try: proc.wait(30)
+            except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+        try: os.killpg(proc.pid, signal.SIGKILL)            # anything of ours left in the group
+        except ProcessLookupError: pass
+
+
+@pytest.fixture(scope='module')
+def page(server):
+    from playwright.sync_api import sync_playwright
+    url, log = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={'width': 900, 'height': 1000})
+        pg.requests = []
+        pg.on('request', lambda r: pg.requests.append(r.url))
+        pg.goto(url, timeout=STARTUP_S*1000)
+        pg.wait_for_selector('.bear-model-text', timeout=STARTUP_S*1000)
+        yield pg
+        browser.close()
+
+
+def shot(page, name): page.screenshot(path=str(ARTIFACTS/f'app_{name}.png'), full_page=True)
+
+
+def upload_and_classify(page, path):
+    "Choose `path` in the upload dialog, wait until the kernel has it, click Classify, return the label's text"
+    with page.expect_file_chooser() as fc: page.click('.bear-upload')
+    fc.value.set_files(str(path))
+    page.wait_for_function("document.querySelector('.bear-upload').textContent.includes('(1)')", timeout=STEP_MS)
+    page.click('.bear-classify')
+    # the handler clears the upload last, after the label, thumbnail and chart are on the page
+    page.wait_for_function("document.querySelector('.bear-upload').textContent.includes('(0)')", timeout=STEP_MS)
+    page.wait_for_function("!document.querySelector('.bear-classify').disabled", timeout=STEP_MS)
+    return page.inner_text('.bear-prediction').strip()
+
+
+def thumb_size(page):
+    return page.eval_on_selector('.bear-thumbnail img', 'im => [im.naturalWidth, im.naturalHeight]')
+
+
+def save_jpeg(im, path, **kw):
+    im.convert('RGB').save(path, format='JPEG', quality=92, **kw); return path
+
+
+@pytest.fixture(scope='module')
+def bear(tmp_path_factory):
+    "A grizzly from ../shared/data/bears_shift, else (fresh clone) a scikit-image photo"
+    shared = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
+    files = sorted((shared/'bears_shift'/'grizzly').glob('*.jpg'))
+    if files: return Image.open(files[0]).convert('RGB'), True
+    from skimage import data as sk
+    return Image.fromarray(sk.chelsea()), False
+
+
+def big_jpeg(im, path):
+    "`im` at 5000x4000 with pixel noise, so that the JPEG is over 11 MiB (a noiseless upscale compresses to ~2 MB)"
+    import numpy as np
+    base = np.asarray(im.convert('RGB').resize((5000, 4000))).astype(np.int16)
+    for amp in (30, 45, 60, 90):
+        noisy = base + np.random.default_rng(0).integers(-amp, amp + 1, base.shape)
+        Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(path, format='JPEG', quality=95)
+        if path.stat().st_size > 11 << 20: break
+    return path
+
+
+def image_error(path):
+    "The inference core's one-line message for the file at `path`, as the page must show it"
+    from bear_classifier.inference import ImageError, decode_image
+    with pytest.raises(ImageError) as e: decode_image({'name': path.name, 'content': memoryview(path.read_bytes())})
+    return str(e.value)
+
+
+def check_label(text, is_grizzly):
+    if is_grizzly: assert text.startswith('Prediction: grizzly; Probability: '), text
+    assert SENTENCE.match(text), text
+
+
+def test_page(page):
+    assert page.title() == 'Bear classifier'
+    assert 'Grizzly, black or teddy?' in page.inner_text('.bear-app')
+    assert 'Upload a photo of a bear, then click Classify.' in page.inner_text('.bear-app')
+    assert 'starter' in page.inner_text('.bear-model-text')
+    shot(page, '0_loaded')
+
+
+def test_grizzly(page, bear, tmp_path):
+    im, is_grizzly = bear
+    check_label(upload_and_classify(page, save_jpeg(im, tmp_path/'grizzly.jpg')), is_grizzly)
+    assert max(thumb_size(page)) == 128
+    assert page.locator('.bear-probs-table tr').count() == 3
+    shot(page, '1_grizzly')
+
+
+def test_text_file(page, bear, tmp_path):
+    p = tmp_path/'notes.txt'; p.write_text('Grizzlies are brown. This is not a photo.\n' * 10)
+    text = upload_and_classify(page, p)
+    assert text == image_error(p) and text.startswith('notes.txt: '), text
+    assert not SENTENCE.match(text) and page.locator('.bear-thumbnail img').count() == 0
+    shot(page, '2_text_file')
+    check_label(upload_and_classify(page, save_jpeg(bear[0], tmp_path/'again.jpg')), bear[1])   # still works
+
+
+def test_coffee(page, tmp_path):
+    from skimage import data as sk
+    text = upload_and_classify(page, save_jpeg(Image.fromarray(sk.coffee()), tmp_path/'coffee.jpg'))
+    assert text == 'This does not look like a bear'
+    assert page.locator('.bear-thumbnail img').count() == 1
+    shot(page, '3_coffee')
+
+
+def test_5000x4000_jpeg(page, bear, tmp_path):
+    "Larger than Tornado's 10 MiB websocket default: it gets through because voila.json raises the limit"
+    from bear_classifier.app import upload_limit
+    p = big_jpeg(bear[0], tmp_path/'big.jpg')
+    assert 10 << 20 < p.stat().st_size <= upload_limit(ROOT), p.stat().st_size
+    check_label(upload_and_classify(page, p), bear[1])
+    assert thumb_size(page) == [128, 102]
+    shot(page, '4_5000x4000')
+
+
+def test_exif_rotated_phone_photo(page, bear, tmp_path):
+    "Stored sideways (landscape pixels) with EXIF Orientation=6, as phones do: shown upright (portrait)"
+    upright = bear[0].resize((1200, 1600))
+    ex = Image.Exif(); ex[0x0112] = 6
+    p = save_jpeg(upright.transpose(Image.Transpose.ROTATE_90), tmp_path/'IMG_2024.JPG', exif=ex)
+    assert Image.open(p).size == (1600, 1200)
+    check_label(upload_and_classify(page, p), bear[1])
+    assert thumb_size(page) == [96, 128]                # upright: taller than wide
+    shot(page, '5_exif_rotated')
+
+
+def test_over_the_upload_limit(page, bear, tmp_path):
+    "Refused in the browser with a message (Tornado would otherwise drop the connection); the page goes on"
+    from bear_classifier.app import upload_limit
+    p = tmp_path/'huge.jpg'
+    with open(p, 'wb') as f: f.write(save_jpeg(bear[0], tmp_path/'x.jpg').read_bytes()); f.truncate(upload_limit(ROOT) + (3 << 20))
+    with page.expect_file_chooser() as fc: page.click('.bear-upload')
+    fc.value.set_files(str(p))
+    page.wait_for_function("document.querySelector('.bear-upload-message-text').textContent.includes('not uploaded')", timeout=STEP_MS)
+    msg = page.inner_text('.bear-upload-message-text')
+    assert msg.startswith(f'huge.jpg ({upload_limit(ROOT) / 2**20 + 3:.1f} MiB) is over') and 'is over this page\'s upload limit of' in msg, msg
+    assert '(0)' in page.inner_text('.bear-upload')
+    shot(page, '6_over_limit')
+    page.click('.bear-classify')                           # nothing was uploaded: the kernel says so
+    page.wait_for_function("document.querySelector('.bear-prediction').textContent.startsWith('Upload a photo first')", timeout=STEP_MS)
+    check_label(upload_and_classify(page, save_jpeg(bear[0], tmp_path/'after.jpg')), bear[1])
+    assert page.inner_text('.bear-upload-message-text') == ''
+    shot(page, '7_after_over_limit')
+
+
+def test_nothing_fetched_from_outside(page):
+    outside = [u for u in page.requests if not re.match(r'^(https?|wss?)://127\.0\.0\.1[:/]', u) and not u.startswith(('data:', 'blob:'))]
+    assert page.requests and not outside, outside
