@@ -6,19 +6,21 @@ Docs: https://bear-classifier.github.io/bear_classifier/app.html.md"""
 
 # %% ../nbs/07_app.ipynb #c003
 from __future__ import annotations
-import base64, io, json, os, socket, sys, traceback
+import base64, io, json, os, re, socket, sys, time, traceback
 from html import escape
 from pathlib import Path
 
 import ipywidgets as widgets
 from PIL import Image
-from fastcore.script import call_parse
+from fastcore.script import call_parse, store_true
+
+from .monitor import NOT_A_BEAR, PredictionLog
 
 # %% auto #0
-__all__ = ['PAGE', 'VOILA_CONFIG', 'TEMPLATE', 'WEBSOCKET_HEADROOM', 'project_root', 'websocket_limit', 'upload_limit',
-           'upload_guard', 'thumbnail', 'png_output', 'probs_html', 'model_blurb', 'BearApp', 'build_app',
-           'page_model_dir', 'page_models_root', 'load_page_predictor', 'port_is_free', 'choose_model', 'voila_argv',
-           'bear_app']
+__all__ = ['PAGE', 'VOILA_CONFIG', 'TEMPLATE', 'WEBSOCKET_HEADROOM', 'OFF', 'project_root', 'websocket_limit', 'upload_limit',
+           'upload_guard', 'thumbnail', 'png_output', 'probs_html', 'server_log', 'nice_label', 'page_log_path',
+           'page_review_mode', 'model_blurb', 'BearApp', 'build_app', 'page_model_dir', 'page_models_root',
+           'load_page_predictor', 'port_is_free', 'choose_model', 'voila_argv', 'prepare_log', 'bear_app']
 
 # %% ../nbs/07_app.ipynb #c007
 PAGE = Path('nbs')/'app.ipynb'
@@ -108,38 +110,86 @@ def probs_html(probs:dict, in_domain:bool=True, width:int=160) -> str:
     return note + '<table class="bear-probs-table" style="border-collapse:collapse">' + ''.join(rows) + '</table>'
 
 # %% ../nbs/07_app.ipynb #c022
-def model_blurb(predictor) -> str:
-    "One line of small print about the model: name, kind, version and labels"
+OFF = ('off', 'none', 'no', 'false', '0')
+
+def server_log(text:str):
+    "Print one line to the server's log (the terminal running `bear-app`), not to the page"
+    print(text, file=sys.__stderr__ or sys.stderr, flush=True)
+
+def nice_label(label) -> str:
+    "How an answer reads on the page: `not_a_bear` is 'not a bear'"
+    return 'not a bear' if label == NOT_A_BEAR else str(label)
+
+def page_log_path(path=None) -> Path|None:
+    "The page's prediction log: `path`, `$BEAR_LOG_DB`, else `data/predictions.sqlite` in the project; None for `off`"
+    p = path or os.environ.get('BEAR_LOG_DB') or project_root()/'data'/'predictions.sqlite'
+    return None if str(p).strip().lower() in OFF else Path(p).expanduser()
+
+def page_review_mode(review=None) -> bool:
+    "Human-in-the-loop mode: `review`, else `$BEAR_REVIEW_MODE` (1, true, yes or on)"
+    if review is not None: return bool(review)
+    return os.environ.get('BEAR_REVIEW_MODE', '').strip().lower() in ('1', 'true', 'yes', 'on')
+
+# %% ../nbs/07_app.ipynb #c025
+def model_blurb(predictor, logging:bool=False, review:bool=False) -> str:
+    "Small print about the model (name, kind, version, labels) and, when `logging`, what the page keeps"
     kind = getattr(predictor, 'kind', None) or 'unknown'
     what = {'starter': "ImageNet's own bear classes, not fine-tuned on bear photos",
             'trained': "fine-tuned on this project's bear photos"}.get(kind, '')
     ver = getattr(predictor, 'version', None)
     labels = ', '.join(map(str, getattr(predictor, 'vocab', [])))
     parts = [f'Model: {predictor.name} ({kind} model' + (f', version {ver})' if ver else ')'), what, f'labels: {labels}']
-    return ('<div class="bear-model-text" style="font-size:0.8em;line-height:1.4;color:#616161">'
-            + escape(' · '.join(p for p in parts if p)) + '</div>')
+    style = 'font-size:0.8em;line-height:1.4;color:#616161'
+    html = f'<div class="bear-model-text" style="{style}">' + escape(' · '.join(p for p in parts if p)) + '</div>'
+    if logging:
+        kept = ('Every answer and its reviewer\'s verdict are logged, without the photo' if review
+                else 'Answers are logged without the photo')
+        html += (f'<div class="bear-privacy-text" style="{style}">{escape(kept)}: a photo is kept only when its answer '
+                 'is corrected, to improve the model.</div>')
+    return html
 
-# %% ../nbs/07_app.ipynb #c024
+# %% ../nbs/07_app.ipynb #c027
+def _slug(label) -> str: return re.sub(r'[^A-Za-z0-9_-]+', '-', str(label))
+
 class BearApp:
-    "The bear classifier GUI: upload, Classify, thumbnail, label, probabilities, model info"
+    "The bear classifier GUI: upload, Classify, thumbnail, label, probabilities, the 'wrong?' row, model info"
     title = 'Grizzly, black or teddy?'
     instructions = 'Upload a photo of a bear, then click Classify.'
-    def __init__(self, predictor, thumb_size:int=128):
-        self.predictor, self.thumb_size = predictor, thumb_size
+    review_note = 'Review mode: the model only suggests an answer. Accept it or correct it before the next photo.'
+    def __init__(self, predictor, thumb_size:int=128, log=None, review:bool=False):
+        self.predictor, self.thumb_size, self.review = predictor, thumb_size, bool(review)
+        self._log = log if isinstance(log, PredictionLog) else None
+        self.log_path = self._log.path if self._log else (Path(log) if log else None)
+        self.case = None                  # the answer on screen while it awaits a verdict: dict(id, answer, image)
+        self.reviewed = self.agreed = 0   # review mode: verdicts given in this session, and how many accepted the model
         self.upload = widgets.FileUpload(accept='image/*', multiple=False, description='Upload')
         self.button = widgets.Button(description='Classify', button_style='primary')
         self.upload_message = widgets.HTML('<div class="bear-upload-message-text" style="color:#b71c1c;line-height:1.4"></div>')
         self.out = widgets.Output(layout=widgets.Layout(min_height=f'{thumb_size}px'))
         self.label = widgets.Label('')
         self.probs = widgets.HTML('')
-        self.info = widgets.HTML(model_blurb(predictor))
+        # the "wrong?" row: Right (Accept), then one button per other answer; the model's own answer is hidden
+        auto = lambda: widgets.Layout(width='auto')
+        self.right = widgets.Button(description='Accept' if self.review else 'Right', button_style='success', layout=auto())
+        self.fix_prompt = widgets.Label('or correct to:' if self.review else 'Wrong? It is:')
+        self.fixes = {a: widgets.Button(description=nice_label(a), layout=auto()) for a in [*map(str, predictor.vocab), NOT_A_BEAR]}
+        self.feedback = widgets.HBox([self.right, self.fix_prompt, *self.fixes.values()],
+                                     layout=widgets.Layout(flex_flow='row wrap', align_items='center', display='none'))
+        self.thanks = widgets.HTML('')
+        self.info = widgets.HTML(model_blurb(predictor, logging=self.log_path is not None, review=self.review))
         for w, c in ((self.upload, 'bear-upload'), (self.button, 'bear-classify'), (self.upload_message, 'bear-upload-message'),
-                     (self.out, 'bear-thumbnail'), (self.label, 'bear-prediction'), (self.probs, 'bear-probs'), (self.info, 'bear-model')):
+                     (self.out, 'bear-thumbnail'), (self.label, 'bear-prediction'), (self.probs, 'bear-probs'),
+                     (self.feedback, 'bear-feedback'), (self.right, 'bear-right'), (self.thanks, 'bear-thanks'), (self.info, 'bear-model')):
             w.add_class(c)
+        for a, b in self.fixes.items():
+            b.add_class('bear-fix'); b.add_class(f'bear-fix-{_slug(a)}')
+            b.on_click(lambda _, a=a: self.verdict(a))
+        self.right.on_click(lambda _: self.verdict(self.case['answer'] if self.case else None))
         self.button.on_click(self.classify)
-        self.box = widgets.VBox([widgets.HTML(f'<h2 class="bear-title">{escape(self.title)}</h2>'),
-                                 widgets.Label(self.instructions), self.upload, self.upload_message, self.button,
-                                 self.out, self.label, self.probs, self.info])
+        head = [widgets.HTML(f'<h2 class="bear-title">{escape(self.title)}</h2>'), widgets.Label(self.instructions)]
+        if self.review: head.append(widgets.HTML(f'<div class="bear-review-note" style="color:#e65100;line-height:1.4">{escape(self.review_note)}</div>'))
+        self.box = widgets.VBox([*head, self.upload, self.upload_message, self.button, self.out, self.label, self.probs,
+                                 self.feedback, self.thanks, self.info])
         self.box.add_class('bear-app')
 
     def show(self, text:str, error:bool=False, thumb=None, probs=None, in_domain:bool=True):
@@ -149,9 +199,38 @@ class BearApp:
         self.label.value = text
         self.probs.value = probs_html(probs, in_domain) if probs else ''
 
+    def say(self, text:str='', error:bool=False):
+        "The one line under the 'wrong?' row: thanks, or why a verdict was not recorded"
+        colour = '#b71c1c' if error else '#2f7d32'
+        self.thanks.value = f'<div class="bear-thanks-text" style="color:{colour};line-height:1.4">{escape(text)}</div>' if text else ''
+
+    @property
+    def log(self) -> PredictionLog|None:
+        "The prediction log, opened on first use; None when logging is off or the log cannot be opened (said on stderr)"
+        if self._log is None and self.log_path is not None:
+            try: self._log = PredictionLog(self.log_path)
+            except Exception as e:
+                server_log(f'bear-app: cannot open the prediction log {self.log_path} ({type(e).__name__}: {e}); answers are not logged')
+        return self._log
+
+    def record(self, pred, image:bytes|None, size, latency_ms:float) -> int|None:
+        "Log one answer; its row id, or None when it could not be written (the visitor still gets the answer)"
+        if self.log_path is None or self.log is None: return None
+        p = self.predictor
+        try:
+            return self.log.log(pred, 'app', model=dict(name=p.name, version=getattr(p, 'version', None), kind=getattr(p, 'kind', None)),
+                                image=image, size=size, latency_ms=round(latency_ms, 2))
+        except Exception as e:
+            server_log(f'bear-app: prediction not logged in {self.log_path} ({type(e).__name__}: {e}); the visitor got the answer anyway')
+            return None
+
     def classify(self, _=None):
-        "The Classify button's handler: predict the uploaded photo and show the result or the error"
+        "The Classify button's handler: predict the uploaded photo, show the result or the error, log it, ask for a verdict"
+        if self.review and self.case is not None:          # the reviewer has not decided on the suggestion on screen
+            return self.say('Accept or correct the suggestion above before classifying the next photo.', error=True)
         self.button.disabled = True
+        self.case, self.feedback.layout.display = None, 'none'
+        self.say()
         try:
             if not self.upload.value:
                 return self.show('Upload a photo first (click Upload), then click Classify.', error=True)
@@ -159,25 +238,67 @@ class BearApp:
             self.show('Classifying…')
             try:
                 from bear_classifier.inference import decode_image
+                t0 = time.perf_counter()
                 img = decode_image(item)                       # upright RGB, or ImageError naming the file
-                pred, thumb = self.predictor.predict(img), thumbnail(img, self.thumb_size)
+                pred = self.predictor.predict(img)
+                ms = (time.perf_counter() - t0) * 1000
+                thumb = thumbnail(img, self.thumb_size)
             except Exception as e:
                 if getattr(e, 'code', None) is None:           # not an ImageError: a bug, log it
-                    traceback.print_exc(file=sys.stderr)
+                    server_log(traceback.format_exc().rstrip())
                     return self.show(f"Could not classify {item.get('name', 'this file')}: {type(e).__name__}: {e}", error=True)
                 return self.show(str(e), error=True)
-            self.show(pred.sentence, thumb=thumb, probs=pred.probs, in_domain=pred.in_domain)
+            data = bytes(item['content']) if isinstance(item, dict) and item.get('content') is not None else None
+            answer = pred.label if pred.in_domain else NOT_A_BEAR
+            text = (f'Suggested: {nice_label(answer)}' + (f' ({pred.probability:.2f})' if pred.in_domain else '')
+                    + ' — accept or correct') if self.review else pred.sentence
+            self.show(text, thumb=thumb, probs=pred.probs, in_domain=pred.in_domain)
+            self.ask_verdict(self.record(pred, data, img.size, ms), answer, data)
         finally:
             self.upload.value = ()
-            self.button.disabled = False
+            self.button.disabled = self.review and self.case is not None
 
-def build_app(predictor, thumb_size:int=128) -> widgets.VBox:
-    "The GUI for `predictor` as one `VBox` (the `BearApp` that drives it is its `.bear` attribute)"
-    app = BearApp(predictor, thumb_size)
+    def ask_verdict(self, pred_id:int|None, answer:str, image:bytes|None):
+        "Show the 'wrong?' row for the answer just logged as `pred_id` (nothing to ask when it was not logged)"
+        if pred_id is None:
+            if self.review and self.log_path is not None:
+                self.say('This case could not be written to the log (the server log says why): a verdict cannot be recorded.', error=True)
+            return
+        self.case = dict(id=pred_id, answer=answer, image=image)
+        self.right.disabled = False
+        self.right.tooltip = f'The answer ({nice_label(answer)}) is right'
+        for a, b in self.fixes.items():
+            b.disabled, b.button_style, b.layout.display = False, '', ('none' if a == answer else None)
+        self.feedback.layout.display = None
+
+    def verdict(self, label:str|None):
+        "A 'wrong?' button's handler: record that `label` is the right answer for the case on screen (once)"
+        case = self.case
+        if case is None or label is None: return
+        buttons = [self.right, *self.fixes.values()]
+        for b in buttons: b.disabled = True
+        try: self.log.feedback(case['id'], label, image=case['image'], reviewer=self.review)
+        except Exception as e:
+            server_log(f"bear-app: verdict {label!r} on prediction {case['id']} not recorded in {self.log_path} ({type(e).__name__}: {e})")
+            for b in buttons: b.disabled = False
+            return self.say(f'Sorry, that could not be saved ({type(e).__name__}); please try again.', error=True)
+        self.case, right = None, label == case['answer']
+        if not right: self.fixes[label].button_style = 'warning'     # which one was sent, while the buttons rest disabled
+        if self.review:
+            self.reviewed += 1; self.agreed += right
+            self.say((f'Accepted: {nice_label(label)}' if right else f'Corrected to {nice_label(label)} — saved for review')
+                     + f' · {self.reviewed} reviewed in this session, the model was right in {self.agreed}')
+            self.button.disabled = False
+        else:
+            self.say('Thanks — glad it was right' if right else f'Thanks — saved as {nice_label(label)} for review')
+
+def build_app(predictor, thumb_size:int=128, log=None, review:bool=False) -> widgets.VBox:
+    "The GUI for `predictor` as one `VBox` (the `BearApp` that drives it is its `.bear` attribute); see `BearApp` for `log`, `review`"
+    app = BearApp(predictor, thumb_size, log=log, review=review)
     app.box.bear = app
     return app.box
 
-# %% ../nbs/07_app.ipynb #c031
+# %% ../nbs/07_app.ipynb #c038
 def page_model_dir(model_dir=None, models_root=None):
     "The model folder the page should load: `model_dir`, `$BEAR_MODEL_DIR`, else None (newest bundle or starter)"
     d = model_dir or os.environ.get('BEAR_MODEL_DIR') or None
@@ -194,7 +315,7 @@ def load_page_predictor(model_dir=None, models_root=None):
     p.predict(Image.new('RGB', (224, 224), (128, 128, 128)))     # first forward pass: allocations, kernels
     return p
 
-# %% ../nbs/07_app.ipynb #c033
+# %% ../nbs/07_app.ipynb #c040
 def port_is_free(port:int, host:str='127.0.0.1') -> bool:
     "True when nothing listens on `host:port`"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -221,13 +342,30 @@ def voila_argv(root:Path, port:int=8866, pool:int=1) -> list:
             f'--port={port}', f'--VoilaConfiguration.preheat_kernel={pool > 0}',
             f'--VoilaConfiguration.default_pool_size={max(pool, 0)}']
 
-# %% ../nbs/07_app.ipynb #c035
+# %% ../nbs/07_app.ipynb #c042
+def prepare_log(log=None, review:bool=False) -> Path|None:
+    "The absolute log path `bear-app` hands to the kernels (None: `--log off`); checked by opening it once"
+    path = page_log_path(log)
+    if path is None:
+        if review: raise SystemExit("bear-app: --review records every verdict in the prediction log; drop --log off")
+        return None
+    path = path.resolve()
+    try: PredictionLog(path).close()
+    except Exception as e:
+        why = f"the prediction log {path} cannot be written ({type(e).__name__}: {e})"
+        if review: raise SystemExit(f"bear-app: --review records every verdict, but {why}; pass --log PATH") from None
+        print(f"bear-app: warning: {why}; the page will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
+    return path
+
+# %% ../nbs/07_app.ipynb #c044
 @call_parse
 def bear_app(
     model:str=None,        # A model bundle folder to serve (default: the newest under --models, else the starter)
     models:str=None,       # Where bundles live (default: models/ in the project)
     port:int=8866,         # Port on 127.0.0.1
     pool:int=1,            # Pre-heated kernels kept ready (0: a kernel starts when a visitor arrives)
+    log:str=None,          # Prediction log, SQLite (default: $BEAR_LOG_DB, else data/predictions.sqlite in the project; `off`: none)
+    review:store_true=False, # Review mode: the page only suggests, a reviewer accepts or corrects every answer
 ):
     "Serve the bear classifier page (nbs/app.ipynb) with Voilà on http://127.0.0.1:PORT/"
     root = project_root()
@@ -236,16 +374,23 @@ def bear_app(
     if not port_is_free(port):
         raise SystemExit(f"bear-app: port {port} on 127.0.0.1 is in use (another bear-app?); stop it or pass --port N")
     models = Path(models) if models else root/'models'
-    try: d = choose_model(model, models)
-    except SystemExit: raise
-    except Exception as e:          # a corrupt bundle, a failed starter build, a full disk: one line, not a traceback
-        raise SystemExit(f"bear-app: no model to serve ({type(e).__name__}: {e}); pass --model DIR or fix {models}") from None
+    d = choose_model(model, models) if model else None     # a named bundle is checked at once (no torch)
+    logdb = prepare_log(log, review)                        # before a starter build that may take a minute
+    if d is None:
+        try: d = choose_model(None, models)
+        except SystemExit: raise
+        except Exception as e:      # a corrupt bundle, a failed starter build, a full disk: one line, not a traceback
+            raise SystemExit(f"bear-app: no model to serve ({type(e).__name__}: {e}); pass --model DIR or fix {models}") from None
     card = json.loads((d/'model.json').read_text())
     os.environ['BEAR_MODEL_DIR'] = str(d)
     os.environ['BEAR_MODELS'] = str(models.resolve())
     os.environ['JUPYTER_PATH'] = os.pathsep.join(filter(None, [str(root/'share'/'jupyter'), os.environ.get('JUPYTER_PATH')]))
+    os.environ['BEAR_LOG_DB'] = str(logdb) if logdb else 'off'
+    os.environ['BEAR_REVIEW_MODE'] = '1' if review else '0'
+    if os.environ.get('BEAR_REVIEW_ROOT'): os.environ['BEAR_REVIEW_ROOT'] = str(Path(os.environ['BEAR_REVIEW_ROOT']).resolve())
     print(f"bear-app: serving {d.name} ({card.get('kind', '?')} model, version {card.get('version')}) "
-          f"at http://127.0.0.1:{port}/ with {pool} pre-heated kernel(s); Ctrl+C stops", flush=True)
+          f"at http://127.0.0.1:{port}/ with {pool} pre-heated kernel(s)" + ('; REVIEW MODE' if review else '')
+          + (f"; prediction log {logdb}" if logdb else '; predictions not logged') + '; Ctrl+C stops', flush=True)
     sys.stderr.flush()
     # Voilà replaces this process: torch, imported above to find or build the model, does not stay in the server
     os.execv(sys.executable, [sys.executable, '-m', 'voila', *voila_argv(root, port, pool)])

@@ -82,7 +82,8 @@ def run_mode(browser, model, pool, img):
     port = free_port()
     log = open(Path(tempfile.gettempdir())/f'bench-app-{port}.log', 'w')
     t0 = time.time()
-    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(model), '--port', str(port), '--pool', str(pool)],
+    db = Path(tempfile.gettempdir())/f'bench-app-{port}.sqlite'        # every click is logged, as in production, but not in data/
+    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(model), '--port', str(port), '--pool', str(pool), '--log', str(db)],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while True:

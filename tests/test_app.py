@@ -1,7 +1,8 @@
 """The Voilà app at widget level (no browser): the GUI built from the real starter `Predictor`, driven
 the way the browser drives it (set the FileUpload's value as ipywidgets 8 sends it, click Classify);
-the repository's Voilà configuration and template; the `bear-app` launcher's checks."""
-import base64, io, json, socket, subprocess, sys
+the prediction log, the "wrong?" row and review mode (with a log in a temporary folder); the
+repository's Voilà configuration and template; the `bear-app` launcher's checks."""
+import base64, hashlib, io, json, socket, sqlite3, subprocess, sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from bear_classifier import app as bapp
 from bear_classifier.app import BearApp, build_app, thumbnail, upload_limit, websocket_limit
+from bear_classifier.monitor import NOT_A_BEAR, PredictionLog
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,6 +65,8 @@ def test_layout(predictor):
     assert box.children[1].value == 'Upload a photo of a bear, then click Classify.'
     assert predictor.name in app.info.value and 'starter' in app.info.value
     for label in predictor.vocab: assert label in app.info.value
+    assert app.feedback.layout.display == 'none' and app.thanks.value == ''          # nothing to judge yet
+    assert 'logged' not in app.info.value                                          # no log given: nothing logged
 
 
 def test_no_upload_says_what_to_do(predictor):
@@ -143,14 +147,14 @@ def test_every_bad_upload_shows_its_message_and_the_page_keeps_working(predictor
     assert not app.label.style.text_color and len(app.out.outputs) == 1
 
 
-def test_unexpected_errors_are_shown_not_raised(predictor, capsys):
+def test_unexpected_errors_are_shown_not_raised(predictor, capfd):
     class Broken:
         name, kind, version, vocab = 'broken', 'trained', '1', ['grizzly', 'black', 'teddy']
         def predict(self, x): raise RuntimeError('the model file went away')
     app = BearApp(Broken())
     upload(app, jpeg(Image.new('RGB', (32, 32)))); click(app)
     assert app.label.value == 'Could not classify photo.jpg: RuntimeError: the model file went away'
-    assert 'Traceback' in capsys.readouterr().err and not app.button.disabled
+    assert 'Traceback' in capfd.readouterr().err and not app.button.disabled     # on the server's stderr, not the page
 
 
 def test_exif_rotated_photo_is_upright(predictor, grizzly_photo):
@@ -191,6 +195,133 @@ def test_apps_share_nothing(predictor, sample_photos):
     assert a.label.value and b.label.value == '' and b.out.outputs == ()
 
 
+# ---- the prediction log, "wrong?" and review mode ---------------------------------------------------
+
+@pytest.fixture
+def logdb(tmp_path): return tmp_path/'data'/'predictions.sqlite'
+
+
+def rows(path):
+    log = PredictionLog(path)
+    try: return log.rows()
+    finally: log.close()
+
+
+def shown_fixes(app): return {a for a, b in app.fixes.items() if b.layout.display != 'none'}
+
+
+def verdict_buttons(app): return [app.right, *app.fixes.values()]
+
+
+def test_every_answer_is_logged(predictor, grizzly_photo, logdb):
+    app = BearApp(predictor, log=logdb)
+    assert 'logged without the photo' in app.info.value
+    upload(app, grizzly_photo); click(app)
+    pred = predictor.predict(grizzly_photo)
+    [r] = rows(logdb)
+    assert (r['frontend'], r['model_name'], r['model_version'], r['model_kind']) == ('app', predictor.name, str(predictor.version), 'starter')
+    assert (r['label'], r['in_domain']) == (pred.label, int(pred.in_domain)) == ('grizzly', 1)
+    assert r['probability'] == pytest.approx(pred.probability, abs=1e-6)
+    assert json.loads(r['probs']) == pytest.approx(pred.probs, abs=1e-6)
+    from PIL import ImageOps
+    assert (r['sha256'], r['nbytes']) == (hashlib.sha256(grizzly_photo).hexdigest(), len(grizzly_photo))
+    assert (r['width'], r['height']) == ImageOps.exif_transpose(Image.open(io.BytesIO(grizzly_photo))).size
+    assert r['latency_ms'] > 0 and r['feedback'] is None and r['reviewer'] is None
+    assert r['image_path'] is None and not (logdb.parent/'review').exists()          # privacy by default: no photo kept
+    upload(app, b'not a photo at all', 'notes.txt'); click(app)                    # a bad upload is no prediction
+    assert len(rows(logdb)) == 1 and app.feedback.layout.display == 'none'
+
+
+def test_right_and_wrong(predictor, grizzly_photo, logdb):
+    "Right: logged, nothing kept. A correction: logged, and the photo lands in the review queue with a manifest row"
+    from bear_classifier.collect import read_manifest, usable_files
+    app = BearApp(predictor, log=logdb)
+    upload(app, grizzly_photo); click(app)
+    assert app.feedback.layout.display is None and shown_fixes(app) == {'black', 'teddy', NOT_A_BEAR}
+    assert app.fixes[NOT_A_BEAR].description == 'not a bear' and app.right.description == 'Right'
+    app.right.click()
+    assert 'Thanks — glad it was right' in app.thanks.value and all(b.disabled for b in verdict_buttons(app))
+    app.fixes['teddy'].click()                                                     # one verdict per answer
+    assert rows(logdb)[-1]['feedback'] == 'grizzly' and not (logdb.parent/'review').exists()
+    upload(app, grizzly_photo); click(app)                                         # the next answer: the row is back
+    assert not any(b.disabled for b in verdict_buttons(app)) and app.thanks.value == ''
+    app.fixes['teddy'].click()
+    assert 'Thanks — saved as teddy for review' in app.thanks.value
+    first, second = rows(logdb)
+    assert (first['feedback'], second['feedback']) == ('grizzly', 'teddy')
+    review = logdb.parent/'review'
+    saved = Path(second['image_path'])
+    assert saved.parent == review/'teddy' and saved.read_bytes() == grizzly_photo
+    [m] = read_manifest(review)
+    assert (m['file'], m['label'], m['source'], m['status']) == (f'teddy/{saved.name}', 'teddy', 'feedback', 'ok')
+    assert m['sha256'] == hashlib.sha256(grizzly_photo).hexdigest() and usable_files(review) == [saved]
+
+
+def test_review_mode(predictor, grizzly_photo, sample_photos, logdb):
+    "The answer is a suggestion; Classify waits for the reviewer; verdicts land in the log's reviewer column"
+    from bear_classifier.collect import read_manifest
+    from bear_classifier.monitor import window_figures
+    app = build_app(predictor, log=logdb, review=True).bear
+    assert 'Review mode' in app.box.children[2].value and app.right.description == 'Accept'
+    upload(app, grizzly_photo); click(app)
+    p = predictor.predict(grizzly_photo).probability
+    assert app.label.value == f'Suggested: grizzly ({p:.2f}) — accept or correct'
+    assert app.button.disabled and app.feedback.layout.display is None
+    coffee = jpeg(sample_photos['coffee'])
+    upload(app, coffee, 'coffee.jpg'); click(app)                                  # not before the verdict
+    assert app.label.value.startswith('Suggested: grizzly') and 'Accept or correct the suggestion' in app.thanks.value
+    assert len(rows(logdb)) == 1
+    app.right.click()
+    assert 'Accepted: grizzly · 1 reviewed in this session, the model was right in 1' in app.thanks.value
+    assert not app.button.disabled
+    click(app)                                                                     # now the waiting upload
+    assert app.label.value == 'Suggested: not a bear — accept or correct'
+    assert shown_fixes(app) == {'black', 'grizzly', 'teddy'}
+    app.fixes['teddy'].click()
+    assert 'Corrected to teddy — saved for review · 2 reviewed' in app.thanks.value
+    logged = rows(logdb)
+    assert [(r['reviewer'], r['feedback']) for r in logged] == [('grizzly', None), ('teddy', None)]
+    assert [m['label'] for m in read_manifest(logdb.parent/'review')] == ['teddy']
+    assert window_figures(logged, ['black', 'grizzly', 'teddy', NOT_A_BEAR])['reviewer_agreement'] == 0.5
+
+
+@pytest.mark.parametrize('where', ['under_a_file', 'a_folder'])
+def test_a_log_that_cannot_be_opened_costs_nobody_the_answer(predictor, grizzly_photo, tmp_path, capfd, where):
+    if where == 'under_a_file': (tmp_path/'f').write_text('a file, not a folder'); path = tmp_path/'f'/'log.sqlite'
+    else: path = tmp_path/'log.sqlite'; path.mkdir()                              # SQLite cannot open a folder
+    app = BearApp(predictor, log=path)
+    for _ in range(2):
+        upload(app, grizzly_photo); click(app)
+        assert app.label.value.startswith('Prediction: grizzly; Probability: '), app.label.value
+        assert len(app.out.outputs) == 1 and app.feedback.layout.display == 'none' and not app.button.disabled
+    err = capfd.readouterr().err
+    assert err.count(f'bear-app: cannot open the prediction log {path}') == 2, err
+
+
+def test_a_log_that_fails_later(predictor, grizzly_photo, logdb, capfd):
+    "Writes that fail (disk full, I/O error) after the log opened: the answer stands; a failed verdict can be retried"
+    log = PredictionLog(logdb)
+    app = BearApp(predictor, log=log)
+    upload(app, grizzly_photo); click(app)
+    real = log.feedback
+    def broken(*a, **k): raise sqlite3.OperationalError('disk I/O error')
+    log.feedback = broken
+    app.fixes['black'].click()
+    assert 'could not be saved' in app.thanks.value and not app.fixes['black'].disabled
+    log.feedback = real
+    app.fixes['black'].click()                                                     # tried again, recorded
+    assert 'saved as black' in app.thanks.value and rows(logdb)[-1]['feedback'] == 'black'
+    log.log = broken
+    upload(app, grizzly_photo); click(app)
+    assert app.label.value.startswith('Prediction: grizzly') and app.feedback.layout.display == 'none'
+    rev = BearApp(predictor, log=log, review=True)                                 # a reviewer is told, and not blocked
+    upload(rev, grizzly_photo); click(rev)
+    assert rev.label.value.startswith('Suggested: grizzly') and 'cannot be recorded' in rev.thanks.value
+    assert not rev.button.disabled
+    err = capfd.readouterr().err
+    assert 'not recorded' in err and err.count('prediction not logged') == 2 and 'disk I/O error' in err
+
+
 # ---- the repository's Voilà configuration -------------------------------------------------------
 
 def test_voila_config():
@@ -229,6 +360,15 @@ def test_bear_app_refuses_a_folder_that_is_not_a_bundle(tmp_path):
     r = subprocess.run([BIN/'bear-app', '--model', str(tmp_path), '--port', str(port)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
     assert 'is not a model bundle' in r.stderr
+
+
+def test_bear_app_review_mode_needs_a_writable_log(tmp_path):
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    (tmp_path/'f').write_text('a file, not a folder')
+    r = subprocess.run([BIN/'bear-app', '--review', '--log', str(tmp_path/'f'/'log.sqlite'), '--port', str(port)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith('bear-app: --review records every verdict, but the prediction log') and 'cannot be written' in r.stderr
 
 
 def test_choose_model(tmp_path):

@@ -1,7 +1,9 @@
 """The Voilà page in a real browser: `bear-app` on a free loopback port, Debian's chromium driven by
 playwright. Upload → Classify → label, for a bear, a text file, a cup of coffee, a 5000×4000 JPEG, a
 sideways phone photo and a file over the upload limit; the page must keep answering after each, and
-never fetch anything from outside 127.0.0.1. Screenshots go to tests/artifacts/ (git-ignored)."""
+never fetch anything from outside 127.0.0.1. After the grizzly, a click on "wrong?" must thank the
+visitor and land in the prediction log (a temporary one, `bear-app --log`) and the review queue.
+Screenshots go to tests/artifacts/ (git-ignored)."""
 import io, os, re, signal, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 
@@ -30,10 +32,11 @@ def free_port():
 def server(tmp_path_factory):
     if not Path(CHROMIUM).exists(): pytest.skip(f'{CHROMIUM} not found: install Debian\'s chromium package (.ci/run does)')
     tmp = tmp_path_factory.mktemp('app')
-    port, log = free_port(), tmp/'bear-app.log'
+    port, log, db = free_port(), tmp/'bear-app.log', tmp/'data'/'predictions.sqlite'
     from _starter import starter_bundle
-    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(starter_bundle()), '--port', str(port)], cwd=ROOT,
-                            stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
+    env = {k: v for k, v in os.environ.items() if k not in ('BEAR_REVIEW_ROOT', 'BEAR_KEEP_IMAGES')}
+    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(starter_bundle()), '--port', str(port), '--log', str(db)],
+                            cwd=ROOT, env=env, stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
     url = f'http://127.0.0.1:{port}/'
     try:
         t0 = time.time()
@@ -44,7 +47,7 @@ def server(tmp_path_factory):
             except OSError:
                 if time.time() - t0 > STARTUP_S: pytest.fail(f'bear-app did not listen within {STARTUP_S}s:\n{log.read_text()[-3000:]}')
                 time.sleep(0.5)
-        yield url, log
+        yield url, log, db
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)            # Voilà shuts its kernels down on SIGTERM
@@ -57,7 +60,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope='module')
 def page(server):
     from playwright.sync_api import sync_playwright
-    url, log = server
+    url, log, db = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -131,15 +134,35 @@ def test_page(page):
     assert 'Grizzly, black or teddy?' in page.inner_text('.bear-app')
     assert 'Upload a photo of a bear, then click Classify.' in page.inner_text('.bear-app')
     assert 'starter' in page.inner_text('.bear-model-text')
+    assert 'logged without the photo' in page.inner_text('.bear-privacy-text')
+    assert not page.locator('.bear-feedback').is_visible()                  # nothing to judge yet
     shot(page, '0_loaded')
 
 
-def test_grizzly(page, bear, tmp_path):
+def test_grizzly(page, server, bear, tmp_path):
     im, is_grizzly = bear
-    check_label(upload_and_classify(page, save_jpeg(im, tmp_path/'grizzly.jpg')), is_grizzly)
+    text = upload_and_classify(page, save_jpeg(im, tmp_path/'grizzly.jpg'))
+    check_label(text, is_grizzly)
     assert max(thumb_size(page)) == 128
     assert page.locator('.bear-probs-table tr').count() == 3
     shot(page, '1_grizzly')
+    # "wrong?": correct the answer; the page thanks, the log and the review queue have it
+    answer = text.split(';')[0].removeprefix('Prediction: ') if text.startswith('Prediction') else 'not_a_bear'
+    fix = 'teddy' if answer != 'teddy' else 'black'
+    assert page.locator(f'.bear-fix-{answer}').count() == 1 and not page.locator(f'.bear-fix-{answer}').is_visible()
+    page.click(f'.bear-fix-{fix}')
+    page.wait_for_function("document.querySelector('.bear-thanks').textContent.includes('Thanks')", timeout=STEP_MS)
+    assert page.inner_text('.bear-thanks').strip() == f'Thanks — saved as {fix} for review'
+    assert page.locator('.bear-right').is_disabled() and page.locator(f'.bear-fix-{fix}').is_disabled()
+    shot(page, '1b_corrected')
+    from bear_classifier.collect import read_manifest
+    from bear_classifier.monitor import PredictionLog
+    db = server[2]
+    log = PredictionLog(db)
+    last = log.rows()[-1]; log.close()
+    assert (last['frontend'], last['model_kind'], last['feedback']) == ('app', 'starter', fix)
+    assert (last['label'] if last['in_domain'] else 'not_a_bear') == answer
+    assert [(m['label'], m['source']) for m in read_manifest(db.parent/'review')] == [(fix, 'feedback')]
 
 
 def test_text_file(page, bear, tmp_path):
@@ -147,6 +170,7 @@ def test_text_file(page, bear, tmp_path):
     text = upload_and_classify(page, p)
     assert text == image_error(p) and text.startswith('notes.txt: '), text
     assert not SENTENCE.match(text) and page.locator('.bear-thumbnail img').count() == 0
+    assert not page.locator('.bear-feedback').is_visible() and page.inner_text('.bear-thanks').strip() == ''
     shot(page, '2_text_file')
     check_label(upload_and_classify(page, save_jpeg(bear[0], tmp_path/'again.jpg')), bear[1])   # still works
 
