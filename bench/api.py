@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Load test of the JSON prediction service on loopback, next to the Predictor's own rate, in one run.
+
+    python bench/api.py [--requests 2000] [--clients 16] [--model-dir DIR | --models-root DIR]
+
+1. starts the real `bear-serve` (`python -m bear_classifier.api`) on a free 127.0.0.1 port and waits for
+   GET /health, then reads the server process's memory (RSS);
+2. measures `Predictor.predict_bytes` in a tight loop in this process on the same photos (before and after
+   the load run: the CPU is shared, so the two are averaged and both are reported);
+3. load run: `--clients` concurrent clients send `--requests` multipart uploads to POST /predict, and stop;
+4. overload run: a second server with a small queue (`--overload-queue`), flooded by `--overload-clients`
+   clients from a separate process (more than workers + queue), while this process sends one probe request
+   every 20 ms and times it: requests beyond the queue bound must get their 503 quickly. (The flood runs in
+   its own process so that the probe's timing is not the flood client's own scheduling delay.)
+Prints a table and writes bench/results/api.json. Targets: no errors at 16 clients, service throughput at
+least 0.8x the tight loop, 503s under 50 ms (p99).
+"""
+import argparse, asyncio, io, json, os, platform, re, statistics, subprocess, sys, tempfile, time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx, psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
+
+def photos(n=48) -> list[tuple[str, bytes]]:
+    "JPEG bytes of real bear photos (../shared/data) or, in a fresh clone, of the photos shipped with scikit-image"
+    bears = SHARED / 'bears'
+    if bears.is_dir():
+        files = sorted(p for d in sorted(bears.iterdir()) if d.is_dir() for p in sorted(d.glob('*.jp*g')))
+        step = max(1, len(files) // n)
+        return [(p.name, p.read_bytes()) for p in files[::step][:n]]
+    from PIL import Image
+    from skimage import data as sk
+    out = []
+    for name in ('chelsea', 'coffee', 'astronaut', 'rocket', 'cat', 'camera'):
+        buf = io.BytesIO(); Image.fromarray(getattr(sk, name)()).convert('RGB').save(buf, 'JPEG', quality=88)
+        out.append((f'{name}.jpg', buf.getvalue()))
+    return out
+
+def pct(xs, q):
+    if not xs: return float('nan')
+    xs = sorted(xs); k = (len(xs) - 1) * q / 100
+    lo = int(k); hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+def tight_loop(predictor, images, seconds=5.0, min_n=20):
+    "(images, seconds) of predictor.predict_bytes, one image after the other, for about `seconds`"
+    for _, b in images[:5]: predictor.predict_bytes(b)   # warm up
+    n, t0 = 0, time.perf_counter()
+    while (el := time.perf_counter() - t0) < seconds or n < min_n:
+        predictor.predict_bytes(images[n % len(images)][1]); n += 1
+    return n, el
+
+def flood(args):
+    "The overload process: clients that keep more requests in flight than the server holds; prints a JSON summary"
+    res, wall = asyncio.run(load_run(args.flood, photos(), 10**6, args.overload_clients, seconds=args.overload_seconds, backoff=0.05))
+    print(json.dumps({'wall_s': round(wall, 2), 'statuses': {str(k): sum(1 for s, _ in res if s == k) for k in {s for s, _ in res}}}))
+
+def probe(url, images, seconds, every=0.02):
+    "One request at a time with a plain synchronous client, every `every` s: [(status, latency_s)]"
+    out, t_end = [], time.perf_counter() + seconds
+    with httpx.Client(timeout=120) as client:
+        while time.perf_counter() < t_end:
+            name, data = images[len(out) % len(images)]
+            t0 = time.perf_counter()
+            try: status = client.post(f"{url}/predict", files={'file': (name, data, 'image/jpeg')}).status_code
+            except httpx.HTTPError as e: status = type(e).__name__
+            out.append((status, time.perf_counter() - t0))
+            time.sleep(every)
+    return out
+
+def start_server(args, models_root, queue=None):
+    queue = args.queue if queue is None else queue
+    cmd = [sys.executable, '-m', 'bear_classifier.api', '--port', '0', '--workers', str(args.workers), '--queue', str(queue),
+           '--no-access-log', '--log-level', 'warning']
+    cmd += ['--model-dir', args.model_dir] if args.model_dir else ['--models-root', str(models_root)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    line = proc.stdout.readline()
+    m = re.search(r'(http://127\.0\.0\.1:\d+)', line)
+    if not m: proc.kill(); raise SystemExit(f"bench/api.py: bear-serve did not start: {line}{proc.stdout.read()}")
+    url = m.group(1)
+    t0 = time.perf_counter()
+    while True:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200: break
+        except httpx.TransportError: pass
+        if proc.poll() is not None or time.perf_counter() - t0 > 300:
+            proc.kill(); raise SystemExit(f"bench/api.py: bear-serve did not become ready: {proc.stdout.read()}")
+        time.sleep(0.1)
+    return proc, url, time.perf_counter() - t0
+
+async def load_run(url, images, n_requests, clients, seconds=None, backoff=0.0):
+    "`clients` concurrent clients, until `n_requests` are done (or `seconds` passed): [(status, latency_s)]"
+    results, counter = [], iter(range(n_requests))
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    t_end = time.perf_counter() + seconds if seconds else None
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        async def one_client():
+            for i in counter:
+                if t_end and time.perf_counter() > t_end: return
+                name, data = images[i % len(images)]
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(f"{url}/predict", files={'file': (name, data, 'image/jpeg')})
+                    status = r.status_code
+                except httpx.HTTPError as e: status = type(e).__name__
+                results.append((status, time.perf_counter() - t0))
+                if status == 503 and backoff: await asyncio.sleep(backoff)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return results, time.perf_counter() - t0
+
+def ms(x): return f"{1000 * x:.1f}"
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--requests', type=int, default=2000)
+    ap.add_argument('--clients', type=int, default=16)
+    ap.add_argument('--rounds', type=int, default=4, help='alternate tight loop and service this many times')
+    ap.add_argument('--tight-seconds', type=float, default=5.0, help='length of each tight-loop measurement')
+    ap.add_argument('--workers', type=int, default=1)
+    ap.add_argument('--queue', type=int, default=32)
+    ap.add_argument('--overload-queue', type=int, default=2)
+    ap.add_argument('--overload-clients', type=int, default=12)
+    ap.add_argument('--overload-seconds', type=float, default=8.0)
+    ap.add_argument('--flood', default=None, help=argparse.SUPPRESS)   # internal: be the flood process for this URL
+    ap.add_argument('--model-dir', default=None, help='a model bundle (default: the starter, built in a temporary folder)')
+    ap.add_argument('--models-root', default=None, help='serve the newest bundle under this folder')
+    ap.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'api.json'))
+    args = ap.parse_args()
+    if args.flood: return flood(args)
+
+    import torch
+    from bear_classifier.inference import Predictor
+    tmp = tempfile.TemporaryDirectory(prefix='bear-bench-api-')
+    models_root = Path(args.models_root or Path(tmp.name) / 'models')
+    predictor = Predictor.load(args.model_dir, models_root=str(models_root))   # builds the starter if needed
+    images = photos()
+    print(f"model {predictor.name} v{predictor.version} ({predictor.kind}); {len(images)} photos, "
+          f"mean {statistics.mean(len(b) for _, b in images) / 1024:.0f} KiB; torch threads {torch.get_num_threads()}; "
+          f"{os.cpu_count()} CPUs (shared with other work: compare numbers within this run only)", flush=True)
+
+    proc, url, ready_s = start_server(args, models_root)
+    try:
+        ps = psutil.Process(proc.pid)
+        m = ps.memory_full_info(); rss_loaded, uss_loaded = m.rss / 2**20, m.uss / 2**20
+        asyncio.run(load_run(url, images, 2 * args.clients, args.clients))   # warm-up, not counted
+        # The CPU is shared and its speed drifts, so the two are measured in alternating rounds:
+        # tight loop, a quarter of the requests, tight loop, ... and compared on the totals.
+        res, wall, rounds, tight_n, tight_s = [], 0.0, [], 0, 0.0
+        for k in range(args.rounds):
+            n_k = args.requests // args.rounds + (1 if k < args.requests % args.rounds else 0)
+            n_t, s_t = tight_loop(predictor, images, seconds=args.tight_seconds)
+            tight_n += n_t; tight_s += s_t; rate_k = n_t / s_t
+            r_k, w_k = asyncio.run(load_run(url, images, n_k, args.clients))
+            res += r_k; wall += w_k
+            rounds.append({'tight_loop_img_s': round(rate_k, 2), 'service_req_s': round(sum(1 for s_, _ in r_k if s_ == 200) / w_k, 2)})
+            print(f"round {k + 1}/{args.rounds}: tight loop {rate_k:.1f} img/s, service {rounds[-1]['service_req_s']:.1f} req/s", flush=True)
+        m = ps.memory_full_info(); rss_served, uss_served = m.rss / 2**20, m.uss / 2**20
+    finally:
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill()
+
+    proc, url, _ = start_server(args, models_root, queue=args.overload_queue)
+    try:
+        fl = subprocess.Popen([sys.executable, __file__, '--flood', url, '--overload-clients', str(args.overload_clients),
+                               '--overload-seconds', str(args.overload_seconds)], stdout=subprocess.PIPE, text=True)
+        time.sleep(min(2.0, args.overload_seconds / 3))        # let the flood fill the queue
+        over = probe(url, images, args.overload_seconds - 3)
+        flood_out = json.loads(fl.communicate(timeout=300)[0].strip().splitlines()[-1])
+        health = httpx.get(f"{url}/health").json()
+    finally:
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill()
+
+    ok = [t for s, t in res if s == 200]
+    errors = {str(s): sum(1 for x, _ in res if x == s) for s in {s for s, _ in res if s != 200}}
+    tight = tight_n / tight_s
+    service_rate = len(ok) / wall
+    rejected = [t for s, t in over if s == 503]
+    over_ok = [t for s, t in over if s == 200]
+    over_err = {str(s): sum(1 for x, _ in over if x == s) for s in {s for s, _ in over if s not in (200, 503)}}
+    result = {
+        'date': datetime.now(timezone.utc).isoformat(timespec='seconds'), 'host': platform.node(), 'cpus': os.cpu_count(),
+        'torch_threads': torch.get_num_threads(), 'python': platform.python_version(), 'torch': torch.__version__,
+        'model': {'name': predictor.name, 'version': str(predictor.version), 'kind': predictor.kind},
+        'server': {'workers': args.workers, 'queue': args.queue, 'ready_s': round(ready_s, 2),
+                   'rss_loaded_mib': round(rss_loaded, 1), 'uss_loaded_mib': round(uss_loaded, 1),
+                   'rss_after_load_run_mib': round(rss_served, 1), 'uss_after_load_run_mib': round(uss_served, 1)},
+        'images': len(images),
+        'tight_loop_img_s': round(tight, 2), 'rounds': rounds,
+        'load_run': {'clients': args.clients, 'requests': len(res), 'ok': len(ok), 'errors': errors, 'wall_s': round(wall, 2),
+                     'throughput_req_s': round(service_rate, 2), 'ratio_to_tight_loop': round(service_rate / tight, 3),
+                     'latency_ms': {f'p{q}': round(1000 * pct(ok, q), 1) for q in (50, 95, 99)} | {'max': round(1000 * max(ok), 1) if ok else None}},
+        'overload_run': {'flood_clients': args.overload_clients, 'capacity': args.workers + args.overload_queue,
+                         'flood': flood_out, 'probes': len(over), 'probe_ok': len(over_ok), 'probe_503': len(rejected), 'other_errors': over_err,
+                         'latency_503_ms': {f'p{q}': round(1000 * pct(rejected, q), 2) for q in (50, 95, 99)} | {'max': round(1000 * max(rejected), 2) if rejected else None},
+                         'latency_200_ms_p50': round(1000 * pct(over_ok, 50), 1) if over_ok else None,
+                         'pending_after': health.get('pending')},
+    }
+    result['targets'] = {
+        'no_errors_at_16_clients': not errors,
+        'throughput_at_least_0.8x_tight_loop': service_rate >= 0.8 * tight,
+        '503_p99_under_50ms': bool(rejected) and pct(rejected, 99) < 0.050,
+        'overload_only_200_or_503': not over_err and set(flood_out['statuses']) <= {'200', '503'},
+    }
+
+    L = result['load_run']; O = result['overload_run']
+    rows = [
+        ('Predictor tight loop (this process)', f"{tight:.1f} img/s", f"{args.rounds} rounds: " + ', '.join(f"{r['tight_loop_img_s']:.0f}" for r in rounds)),
+        (f"service, {args.clients} clients, {len(res)} requests", f"{service_rate:.1f} req/s", f"{L['ratio_to_tight_loop']:.2f}x tight loop; rounds: " + ', '.join(f"{r['service_req_s']:.0f}" for r in rounds)),
+        ('  latency p50 / p95 / p99', f"{L['latency_ms']['p50']} / {L['latency_ms']['p95']} / {L['latency_ms']['p99']} ms", f"max {L['latency_ms']['max']} ms"),
+        ('  errors', str(sum(errors.values())), json.dumps(errors) if errors else 'none'),
+        (f"overload: flood of {args.overload_clients} clients > capacity {O['capacity']}", json.dumps(flood_out['statuses']),
+         f"in {flood_out['wall_s']} s"),
+        ('  probes during the flood', f"{len(rejected)} x 503, {len(over_ok)} x 200", f"other errors: {sum(over_err.values())}"),
+        ('  503 latency p50 / p95 / p99', f"{O['latency_503_ms']['p50']} / {O['latency_503_ms']['p95']} / {O['latency_503_ms']['p99']} ms", f"max {O['latency_503_ms']['max']} ms"),
+        ('server memory RSS (USS = unique)', f"{rss_loaded:.0f} ({uss_loaded:.0f}) MiB loaded", f"{rss_served:.0f} ({uss_served:.0f}) MiB after the load run"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    print(f"\n| {'measure'.ljust(w)} | value | note |\n|{'-' * (w + 2)}|---|---|")
+    for a, b, c in rows: print(f"| {a.ljust(w)} | {b} | {c} |")
+    print('\ntargets: ' + ', '.join(f"{k}: {'OK' if v else 'MISSED'}" for k, v in result['targets'].items()))
+
+    out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmpf = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix='.tmp')
+    with os.fdopen(fd, 'w') as f: f.write(json.dumps(result, indent=2) + '\n')
+    os.replace(tmpf, out)
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    tmp.cleanup()
+
+if __name__ == '__main__': main()

@@ -1,0 +1,320 @@
+"""The JSON prediction service (nbs/08_api.ipynb) over real sockets: a real uvicorn server on a free
+loopback port, the real `Predictor` with the starter model (built once into a temporary models folder),
+and real HTTP requests through httpx. Every status the service can answer is produced here."""
+import io, json, os, re, signal, subprocess, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from bear_classifier.inference import Predictor
+from bear_classifier.api import (Settings, create_app, LoopbackServer, openapi_schema, bear_serve, MULTIPART_SLACK)
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT = 300_000   # max upload bytes of the test server: small, so over-limit bodies stay cheap
+
+def jpeg(img, quality=90) -> bytes:
+    buf = io.BytesIO(); img.convert('RGB').save(buf, 'JPEG', quality=quality); return buf.getvalue()
+
+def png(img) -> bytes:
+    buf = io.BytesIO(); img.save(buf, 'PNG'); return buf.getvalue()
+
+@pytest.fixture(scope='module')
+def models_root(tmp_path_factory):
+    "A models folder that holds only the starter bundle (read-only here)"
+    try: from _starter import starter_bundle      # built once per test session, shared with the app's tests
+    except ImportError: return tmp_path_factory.mktemp('api') / 'models'   # Predictor.load builds it there
+    return starter_bundle().parent
+
+@pytest.fixture(scope='module')
+def predictor(models_root):
+    "The real inference core on the starter model (built here, in a temporary folder)"
+    return Predictor.load(models_root=str(models_root))
+
+@pytest.fixture(scope='module')
+def photos(sample_photos):
+    return {k: jpeg(v) for k, v in sample_photos.items()}
+
+@pytest.fixture(scope='module')
+def settings():
+    return Settings(max_upload_bytes=LIMIT, max_batch=4, workers=1, queue=2)
+
+@pytest.fixture(scope='module')
+def server(predictor, settings):
+    app = create_app(predictor, settings)
+    with LoopbackServer(app) as srv:
+        srv.app = app
+        yield srv
+
+def post_raw(url, data, ctype='image/jpeg', **kw):
+    return httpx.post(f"{url}/predict", content=data, headers={'content-type': ctype}, timeout=60, **kw)
+
+def post_file(url, data, name='photo.jpg', ctype='image/jpeg', field='file'):
+    return httpx.post(f"{url}/predict", files={field: (name, data, ctype)}, timeout=60)
+
+def check_error(r, status, code):
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {'error', 'detail'} and body['error'] == code, body
+    assert body['detail'] and '\n' not in body['detail']
+    return body
+
+# ---------------------------------------------------------------- 200: predictions
+
+def test_predict_multipart_matches_the_inference_core(server, predictor, photos):
+    for name in ('chelsea', 'astronaut'):
+        r = post_file(server.url, photos[name], f'{name}.jpg')
+        assert r.status_code == 200, r.text
+        got, want = r.json(), predictor.predict_bytes(photos[name])
+        assert set(got) == {'label', 'index', 'probability', 'probabilities', 'in_domain', 'model'}
+        assert (got['label'], got['index'], got['in_domain']) == (want.label, want.index, want.in_domain)
+        assert got['probability'] == pytest.approx(float(want.probability), abs=1e-6)
+        assert got['probabilities'] == pytest.approx({k: float(v) for k, v in want.probs.items()}, abs=1e-6)
+        assert list(got['probabilities']) == list(map(str, predictor.vocab))
+        assert got['model'] == {'name': str(predictor.name), 'version': str(predictor.version), 'kind': predictor.kind}
+        assert got['model']['kind'] == 'starter'
+
+def test_raw_body_jpeg_png_and_octet_stream(server, sample_photos, photos):
+    by_file = post_file(server.url, photos['coffee']).json()
+    assert post_raw(server.url, photos['coffee']).json() == by_file
+    assert post_raw(server.url, photos['coffee'], 'application/octet-stream').json() == by_file
+    assert post_raw(server.url, photos['coffee'], 'image/jpeg; charset=binary').json() == by_file
+    r = post_raw(server.url, png(sample_photos['rocket'].resize((200, 300))), 'image/png')
+    assert r.status_code == 200 and r.json()['label'] in r.json()['probabilities']
+
+# ---------------------------------------------------------------- 400: not a (whole) image
+
+def test_400_not_an_image_truncated_empty(server, photos):
+    check_error(post_raw(server.url, b'this is not a picture, just some text' * 10), 400, 'not_an_image')
+    check_error(post_file(server.url, b'GIF? no: plain bytes ' * 20, 'photo.jpg'), 400, 'not_an_image')
+    check_error(post_raw(server.url, photos['chelsea'][:len(photos['chelsea']) // 2]), 400, 'truncated')
+    check_error(post_raw(server.url, b''), 400, 'empty')
+    check_error(post_file(server.url, b'', 'empty.jpg'), 400, 'empty')
+
+# ---------------------------------------------------------------- 413: too large
+
+def test_413_declared_length_is_refused_before_reading(server):
+    big = b'\xff\xd8' + os.urandom(LIMIT + MULTIPART_SLACK + 1000)
+    r = post_raw(server.url, big)
+    check_error(r, 413, 'too_large')
+    assert 'limit' in r.json()['detail']
+
+def test_413_chunked_upload_is_stopped_while_streaming(server):
+    sent = []
+    def chunks():   # no Content-Length: the server must count as the body streams in
+        for _ in range(40):
+            sent.append(1); yield b'\0' * 64_000
+    r = httpx.post(f"{server.url}/predict", content=chunks(), headers={'content-type': 'image/jpeg'}, timeout=60)
+    check_error(r, 413, 'too_large')
+
+def test_413_one_file_over_the_limit(server):
+    r = post_file(server.url, b'\xff\xd8' + os.urandom(LIMIT + 10), 'huge.jpg')   # fits the body slack, not the file limit
+    body = check_error(r, 413, 'too_large')
+    assert 'huge.jpg' in body['detail']
+
+def test_413_decompression_bomb(server):
+    bomb = Image.new('1', (15_000, 15_000))    # 225 M pixels, a few KB as PNG
+    data = png(bomb)
+    assert len(data) < LIMIT
+    check_error(post_raw(server.url, data, 'image/png'), 413, 'decompression_bomb')
+
+# ---------------------------------------------------------------- 415: unsupported type
+
+HEIC = b'\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic' + b'\x00' * 64
+
+def test_415_unsupported_types(server, photos):
+    check_error(post_raw(server.url, b'hello', 'text/plain'), 415, 'unsupported_media_type')
+    check_error(post_raw(server.url, b'{"image": "x"}', 'application/json'), 415, 'unsupported_media_type')
+    check_error(post_raw(server.url, photos['chelsea'], ''), 415, 'unsupported_media_type')
+    check_error(post_file(server.url, photos['chelsea'], 'notes.txt', 'text/plain'), 415, 'unsupported_media_type')
+    check_error(post_raw(server.url, HEIC, 'image/heic'), 415, 'unsupported_format')
+    check_error(post_raw(server.url, b'%PDF-1.7\n' + b'0' * 100, 'application/octet-stream'), 415, 'unsupported_format')
+    check_error(post_file(server.url, HEIC, 'IMG_0001.HEIC', 'image/heic'), 415, 'unsupported_format')
+
+# ---------------------------------------------------------------- 422: malformed requests
+
+def test_422_malformed_requests(server, photos):
+    check_error(post_file(server.url, photos['chelsea'], field='photo'), 422, 'missing_file')
+    r = httpx.post(f"{server.url}/predict", data={'file': 'not a file'}, files={'other': ('x.jpg', b'x')}, timeout=60)
+    check_error(r, 422, 'missing_file')
+    r = httpx.post(f"{server.url}/predict", content=b'--xx\r\nnonsense', timeout=60,
+                   headers={'content-type': 'multipart/form-data'})       # no boundary
+    check_error(r, 422, 'malformed_request')
+    r = httpx.post(f"{server.url}/predict/batch", data={'note': 'no files here'}, timeout=60)
+    check_error(r, 415, 'unsupported_media_type')   # a urlencoded form is not multipart
+    r = httpx.post(f"{server.url}/predict/batch", content=b'--b\r\n\r\n--b--\r\n', timeout=60,
+                   headers={'content-type': 'multipart/form-data; boundary=b'})
+    assert r.status_code == 422 and r.json()['error'] in ('missing_file', 'malformed_request'), r.text
+
+def test_404_405_are_json_too(server):
+    check_error(httpx.get(f"{server.url}/nope"), 404, 'not_found')
+    check_error(httpx.get(f"{server.url}/predict"), 405, 'method_not_allowed')
+
+# ---------------------------------------------------------------- batch
+
+def test_batch_reports_each_file_and_never_fails_the_batch(server, predictor, photos):
+    files = [('files', ('a.jpg', photos['chelsea'], 'image/jpeg')),
+             ('files', ('junk.jpg', b'not an image', 'image/jpeg')),
+             ('files', ('notes.txt', b'hello', 'text/plain')),
+             ('files', ('b.jpg', photos['coffee'], 'image/jpeg'))]
+    r = httpx.post(f"{server.url}/predict/batch", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    items = r.json()
+    assert [(i['filename'], i['status'], i['error']) for i in items] == [
+        ('a.jpg', 200, None), ('junk.jpg', 400, 'not_an_image'), ('notes.txt', 415, 'unsupported_media_type'), ('b.jpg', 200, None)]
+    assert items[0]['prediction'] == post_file(server.url, photos['chelsea']).json()
+    assert items[3]['prediction']['label'] == predictor.predict_bytes(photos['coffee']).label
+    assert items[1]['prediction'] is None and items[1]['detail']
+
+def test_batch_limits(server, photos):
+    five = [('files', (f'{i}.jpg', photos['chelsea'], 'image/jpeg')) for i in range(5)]
+    check_error(httpx.post(f"{server.url}/predict/batch", files=five, timeout=60), 413, 'too_many_files')
+    one_big = [('files', ('ok.jpg', photos['chelsea'], 'image/jpeg')), ('files', ('big.jpg', os.urandom(LIMIT + 1), 'image/jpeg'))]
+    items = httpx.post(f"{server.url}/predict/batch", files=one_big, timeout=60).json()
+    assert [(i['status'], i['error']) for i in items] == [(200, None), (413, 'too_large')]
+    r = httpx.post(f"{server.url}/predict/batch", content=photos['chelsea'], headers={'content-type': 'image/jpeg'}, timeout=60)
+    check_error(r, 415, 'unsupported_media_type')
+
+# ---------------------------------------------------------------- 503: bounded queue
+
+def test_503_when_the_queue_is_full_then_recovers(server, photos):
+    pool, gate = server.app.state.pool, threading.Event()
+    held = [pool.submit(gate.wait, 30) for _ in range(pool.capacity)]   # occupy every worker and queue slot
+    try:
+        t0 = time.perf_counter()
+        r = post_raw(server.url, photos['chelsea'])
+        elapsed = time.perf_counter() - t0
+        check_error(r, 503, 'busy')
+        assert r.headers['retry-after'] == '1'
+        assert elapsed < 1.0, f'a full queue should refuse at once, took {elapsed:.3f} s'
+        check_error(httpx.post(f"{server.url}/predict/batch", files=[('files', ('a.jpg', photos['chelsea']))]), 503, 'busy')
+        h = httpx.get(f"{server.url}/health")          # health is served by the event loop, never queued
+        assert h.status_code == 200 and h.json()['pending'] == pool.capacity
+    finally:
+        gate.set()
+        for f in held: f.result(timeout=30)
+    assert post_raw(server.url, photos['chelsea']).status_code == 200
+    assert pool.pending == 0
+
+def test_overload_gives_200_or_503_never_a_crash(server, photos):
+    def one(_): return post_raw(server.url, photos['astronaut']).status_code
+    with ThreadPoolExecutor(12) as ex: codes = list(ex.map(one, range(24)))
+    assert set(codes) <= {200, 503} and 200 in codes, codes
+    assert httpx.get(f"{server.url}/health").json()['pending'] == 0
+
+# ---------------------------------------------------------------- health and the model card
+
+def test_health_is_503_loading_until_the_model_is_loaded(models_root, settings, photos):
+    gate = threading.Event()
+    def slow_load():   # the real loader, held back until the test has seen the 'loading' state
+        gate.wait(60)
+        return Predictor.load(models_root=str(models_root))
+    with LoopbackServer(create_app(settings=settings, loader=slow_load)) as srv:
+        h = httpx.get(f"{srv.url}/health")
+        assert h.status_code == 503 and h.json()['status'] == 'loading' and h.json()['model'] is None
+        assert h.headers['retry-after'] == '1'
+        check_error(post_raw(srv.url, photos['chelsea']), 503, 'not_ready')
+        check_error(httpx.get(f"{srv.url}/model"), 503, 'not_ready')
+        gate.set()
+        for _ in range(600):
+            if (h := httpx.get(f"{srv.url}/health")).status_code == 200: break
+            time.sleep(0.05)
+        assert h.status_code == 200 and h.json()['status'] == 'ready'
+        assert h.json()['model']['kind'] == 'starter' and (h.json()['workers'], h.json()['queue']) == (1, 2)
+        assert post_raw(srv.url, photos['chelsea']).status_code == 200
+
+def test_a_model_that_fails_to_load_is_reported(tmp_path, settings, photos):
+    s = Settings(model_dir=str(tmp_path / 'not-a-bundle'), max_upload_bytes=LIMIT)
+    (tmp_path / 'not-a-bundle').mkdir()
+    with LoopbackServer(create_app(settings=s)) as srv:
+        for _ in range(600):
+            if (h := httpx.get(f"{srv.url}/health")).json()['status'] != 'loading': break
+            time.sleep(0.05)
+        assert h.status_code == 503 and h.json()['status'] == 'error' and h.json()['detail']
+        check_error(post_raw(srv.url, photos['chelsea']), 503, 'model_unavailable')
+
+def test_model_card_has_no_paths_or_secrets(server, predictor, models_root):
+    r = httpx.get(f"{server.url}/model")
+    assert r.status_code == 200
+    card = r.json()
+    assert (card['name'], card['version'], card['kind']) == (str(predictor.name), str(predictor.version), predictor.kind)
+    text = json.dumps(card)
+    assert str(models_root) not in text and str(Path.home()) not in text and '/tmp' not in text
+    def strings(o):
+        if isinstance(o, dict): yield from (s for v in o.values() for s in strings(v))
+        elif isinstance(o, list): yield from (s for v in o for s in strings(v))
+        elif isinstance(o, str): yield o
+    assert not [s for s in strings(card) if s.startswith('/')]
+
+# ---------------------------------------------------------------- CORS
+
+def test_cors_is_off_by_default_and_on_for_named_origins(predictor, server):
+    pre = {'origin': 'https://app.example', 'access-control-request-method': 'POST'}
+    r = httpx.options(f"{server.url}/predict", headers=pre)
+    assert 'access-control-allow-origin' not in r.headers
+    assert 'access-control-allow-origin' not in httpx.get(f"{server.url}/health", headers={'origin': 'https://app.example'}).headers
+    s = Settings(cors_origins='https://app.example', max_upload_bytes=LIMIT)
+    with LoopbackServer(create_app(predictor, s)) as srv:
+        r = httpx.options(f"{srv.url}/predict", headers=pre)
+        assert r.status_code == 200 and r.headers['access-control-allow-origin'] == 'https://app.example'
+        r = httpx.options(f"{srv.url}/predict", headers={**pre, 'origin': 'https://evil.example'})
+        assert r.headers.get('access-control-allow-origin') != 'https://evil.example'
+
+# ---------------------------------------------------------------- the contract
+
+def test_committed_openapi_matches_the_app(server):
+    committed = json.loads((ROOT / 'openapi.json').read_text())
+    assert committed == openapi_schema(), 'the API changed: run `bear-serve --openapi openapi.json` and commit it'
+    assert httpx.get(f"{server.url}/openapi.json").json() == committed
+    assert set(committed['paths']) == {'/predict', '/predict/batch', '/health', '/model'}
+
+def test_schemathesis_finds_no_server_errors(server, tmp_path):
+    exe = Path(sys.executable).parent / 'schemathesis'
+    cmd = [str(exe), 'run', f"{server.url}/openapi.json", '--checks', 'not_a_server_error', '--max-examples', '15',
+           '--workers', '1', '--request-timeout', '30', '--suppress-health-check', 'all']
+    p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                       env={**os.environ, 'SCHEMATHESIS_HOOKS': '', 'NO_COLOR': '1'})
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    assert re.search(r'\d+ passed', p.stdout), p.stdout[-3000:]
+
+# ---------------------------------------------------------------- the console command
+
+def test_bear_serve_command(models_root, photos):
+    env = {**os.environ, 'BEAR_MODELS_ROOT': str(models_root), 'BEAR_QUEUE': '3'}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / 'bear-serve'), '--port', '0', '--no-access-log', '--log-level', 'warning'],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r'listening on (http://127\.0\.0\.1:\d+)', line)
+        assert m, line
+        url = m.group(1)
+        assert 'queue=3' in line          # read from BEAR_QUEUE
+        for _ in range(1200):
+            if (h := httpx.get(f"{url}/health")).status_code == 200: break
+            assert h.json()['status'] == 'loading'
+            time.sleep(0.05)
+        assert h.status_code == 200 and h.json()['queue'] == 3
+        r = post_raw(url, photos['chelsea'])
+        assert r.status_code == 200 and r.json()['model']['kind'] == 'starter'
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status says SIGTERM
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert 'Traceback' not in out, out
+
+def test_bear_serve_errors_are_one_line(tmp_path):
+    for kw, msg in [(dict(workers=0), 'workers must be at least 1'), (dict(port=70000), 'port must be 0..65535'),
+                    (dict(model_dir=str(tmp_path / 'nope')), 'not found')]:
+        with pytest.raises(SystemExit) as e: bear_serve(**kw)
+        assert str(e.value).startswith('bear-serve: ') and msg in str(e.value) and '\n' not in str(e.value)
+    with pytest.raises(SystemExit, match='bear-serve: BEAR_WORKERS must be a whole number'):
+        os.environ['BEAR_WORKERS'] = 'many'
+        try: bear_serve()
+        finally: del os.environ['BEAR_WORKERS']
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); s.listen()
+        with pytest.raises(SystemExit, match='pass another --port'): bear_serve(port=s.getsockname()[1])
