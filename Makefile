@@ -6,8 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 export PYTHONUNBUFFERED := 1
+# run as if the venv were activated (IPython and subprocesses look at these)
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install app test test-fast test-slow export clean-nbs check data model starter serve bench
+.PHONY: install app test test-fast test-slow export data model starter serve bench clean-report openapi review monitor
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,11 +51,27 @@ model: install
 	$(BIN)/bear-train data/bears --out runs/bears
 	$(BIN)/bear-export runs/bears --dest models
 
+## rank data/bears by likely label errors: data/bears-clean/{suspects.csv,suspects.png}
+clean-report: install
+	$(BIN)/bear-clean-report data/bears
+
 starter: install
 	$(BIN)/bear-starter
 
 serve: install
 	$(BIN)/bear-serve
+
+## the page in review mode: every answer is a suggestion a human accepts or corrects
+review: install
+	$(BIN)/bear-app --review
+
+## rewrite the committed OpenAPI schema after changing the API (a test checks it matches the app)
+openapi: install
+	$(BIN)/bear-serve --openapi openapi.json
+
+## domain-shift report of the prediction log
+monitor: install
+	$(BIN)/bear-monitor report
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
