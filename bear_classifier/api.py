@@ -6,35 +6,39 @@ Docs: https://bear-classifier.github.io/bear_classifier/api.html.md"""
 
 # %% ../nbs/08_api.ipynb #c003
 from __future__ import annotations
-import asyncio, json, logging, os, re, socket, tempfile, threading, time
+import asyncio, base64, binascii, hashlib, json, logging, os, re, socket, sys, tempfile, threading, time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastcore.script import call_parse
 
 from . import __version__
-from .inference import Predictor, Prediction, ImageError, MAX_IMAGE_BYTES
+from .inference import Predictor, Prediction, ImageError, MAX_IMAGE_BYTES, decode_bytes
+from .monitor import PredictionLog, NOT_A_BEAR
+from .app import page_log_path, project_root, PAGE
 
 _log = logging.getLogger('bear_classifier.api')
 
 # %% auto #0
-__all__ = ['ENV_PREFIX', 'IMAGE_ERROR_STATUS', 'RETRY', 'MULTIPART_SLACK', 'ERROR_RESPONSES', 'PREDICT_BODY', 'BATCH_BODY',
-           'API_DESCRIPTION', 'SettingsError', 'Settings', 'split_origins', 'ApiError', 'image_error_status',
-           'error_response', 'ModelInfo', 'PredictionOut', 'ErrorOut', 'BatchItem', 'HealthOut', 'model_info',
-           'prediction_out', 'public_card', 'QueueFull', 'InferencePool', 'BodyTooLarge', 'LimitUploadSize',
-           'media_type', 'accepted_image_type', 'read_form', 'upload_bytes', 'read_image', 'ServiceState', 'create_app',
-           'bind_socket', 'LoopbackServer', 'serve_in_thread', 'openapi_schema', 'write_openapi', 'bear_serve']
+__all__ = ['ENV_PREFIX', 'IMAGE_ERROR_STATUS', 'RETRY', 'MULTIPART_SLACK', 'Base64Image', 'ERROR_RESPONSES', 'FEEDBACK_RESPONSES',
+           'PREDICT_BODY', 'BATCH_BODY', 'API_DESCRIPTION', 'SettingsError', 'Settings', 'split_origins', 'ApiError',
+           'image_error_status', 'error_response', 'ModelInfo', 'PredictionOut', 'ErrorOut', 'BatchItem', 'HealthOut',
+           'model_info', 'prediction_out', 'public_card', 'QueueFull', 'InferencePool', 'BodyTooLarge',
+           'LimitUploadSize', 'media_type', 'accepted_image_type', 'read_form', 'upload_bytes', 'read_image',
+           'service_log_path', 'PredictionRecorder', 'FeedbackIn', 'FeedbackOut', 'logged_answer', 'record_verdict',
+           'image_sha256', 'predict_one', 'predict_many', 'ServiceState', 'create_app', 'bind_socket', 'LoopbackServer',
+           'serve_in_thread', 'openapi_schema', 'write_openapi', 'check_log', 'bear_serve']
 
 # %% ../nbs/08_api.ipynb #c006
 class SettingsError(ValueError):
@@ -55,6 +59,8 @@ class Settings:
     queue: int = 32                     # requests allowed to wait for a worker; beyond that: 503
     cors_origins: tuple = ()            # browser origins allowed to call the API ('*' for any); none by default
     threads: int|None = None            # threads one inference may use (onnxruntime/torch intra-op; None: all cores)
+    log_db: str|None = None             # the prediction log (SQLite), or 'off'; None: data/predictions.sqlite in the project
+    review_root: str|None = None        # where corrections sent to /feedback are saved; None: review/ beside the log
 
     def __post_init__(self):
         def need(ok, msg):
@@ -120,6 +126,8 @@ class ModelInfo(BaseModel):
 
 class PredictionOut(BaseModel):
     "One image's prediction"
+    id: int|None = Field(None, description='its row in the prediction log, for POST /feedback; '
+                                 'null when this server keeps no log (or could not write it just now)')
     label: str = Field(description='the most probable label')
     index: int = Field(description="the label's position in the model's vocab")
     probability: float = Field(description='probability of `label`, 0..1')
@@ -148,13 +156,14 @@ class HealthOut(BaseModel):
     workers: int
     queue: int
     pending: int = Field(description='requests being served or waiting for a worker')
+    logging: bool = Field(False, description='whether predictions are logged (and POST /feedback takes verdicts)')
 
 def model_info(p) -> ModelInfo:
     return ModelInfo(name=str(p.name), version=str(p.version), kind=str(p.kind))
 
-def prediction_out(pred:Prediction, info:ModelInfo) -> PredictionOut:
-    "The JSON form of a `Prediction` (plain Python floats, whatever the model's dtype)"
-    return PredictionOut(label=str(pred.label), index=int(pred.index), probability=float(pred.probability),
+def prediction_out(pred:Prediction, info:ModelInfo, id:int|None=None) -> PredictionOut:
+    "The JSON form of a `Prediction` (plain Python floats, whatever the model's dtype), with its log row `id`"
+    return PredictionOut(id=id, label=str(pred.label), index=int(pred.index), probability=float(pred.probability),
                          probabilities={str(k): float(v) for k, v in pred.probs.items()},
                          in_domain=bool(pred.in_domain), model=info)
 
@@ -286,6 +295,204 @@ async def read_image(request:Request, limit:int) -> tuple[bytes, str|None]:
     return data, None
 
 # %% ../nbs/08_api.ipynb #c025
+def service_log_path(log=None) -> Path|None:
+    "The service's prediction log: `log` (flag or `$BEAR_LOG_DB`), else `data/predictions.sqlite` at the project root; None for `off`"
+    p = page_log_path(log)                 # the page's rule, so both front ends find the same file
+    if p is None: return None
+    if not (log or os.environ.get('BEAR_LOG_DB')) and not (project_root()/PAGE).exists():
+        p = Path('data')/'predictions.sqlite'   # an installed package outside a checkout: beside the working directory
+    return p.resolve()
+
+class PredictionRecorder:
+    "The service's `PredictionLog`, written by one background thread; a logging problem never fails a request"
+    def __init__(self, path=None, review_root=None, wait_s:float=0.5, max_pending_bytes:int=64*2**20,
+                 reopen_s:float=30.0, quiet_s:float=10.0):
+        self.path = Path(path) if path else None
+        review_root = review_root or os.environ.get('BEAR_REVIEW_ROOT')
+        self.review_root = Path(review_root).expanduser().resolve() if review_root else None
+        self.wait_s, self.max_pending_bytes, self.reopen_s, self.quiet_s = wait_s, max_pending_bytes, reopen_s, quiet_s
+        self.written = self.errors = 0
+        self._log, self._failed_at, self._executor = None, None, None
+        self._lock, self._pending_bytes, self._warned = threading.Lock(), 0, {}
+
+    @property
+    def enabled(self) -> bool: return self.path is not None
+
+    def start(self):
+        "Start the writer thread and open (create) the log on it, before the first request needs it"
+        if self.enabled and self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix='bear-log')
+            self._executor.submit(self._open)
+        return self
+
+    def close(self, timeout:float=5.0):
+        "Write what is queued (for up to `timeout` s), then close the log"
+        if self._executor is None: return
+        ex, self._executor = self._executor, None
+        try: ex.submit(self._close).result(timeout)
+        except Exception: pass
+        ex.shutdown(wait=False)
+
+    def _close(self):
+        if self._log is not None: self._log.close(); self._log = None
+
+    def warn(self, kind:str, text:str):
+        "One line on stderr; the same `kind` of problem at most once every `quiet_s` seconds"
+        now = time.monotonic()
+        with self._lock:
+            last, hidden = self._warned.get(kind, (None, 0))
+            if last is not None and now - last < self.quiet_s:
+                self._warned[kind] = (last, hidden + 1); return
+            self._warned[kind] = (now, 0)
+        more = f" ({hidden} more like this in the last {now - last:.0f} s)" if hidden else ''
+        print(f"bear-serve: {text}{more}", file=sys.stderr, flush=True)
+
+    def _open(self) -> PredictionLog|None:
+        "The open log (on the writer thread), or None while it cannot be opened"
+        if self._log is None:
+            if self._failed_at is not None and time.monotonic() - self._failed_at < self.reopen_s: return None
+            try: self._log, self._failed_at = PredictionLog(self.path, review_root=self.review_root), None
+            except Exception as e:
+                self._failed_at = time.monotonic()
+                self.warn('open', f"cannot open the prediction log {self.path} ({type(e).__name__}: {_one_line(e)}); answering without logging")
+        return self._log
+
+    def _broken(self, e:Exception, what:str):
+        "A write failed: say so, and reopen the log later (a deleted folder, a full disk that was cleaned up)"
+        self.errors += 1
+        self.warn('write', f"{what} not logged in {self.path} ({type(e).__name__}: {_one_line(e)}); the client got its answer anyway")
+        if 'locked' not in str(e) and 'busy' not in str(e):
+            try: self._close()
+            except Exception: pass
+            self._failed_at = time.monotonic()
+
+    def _write(self, items, model:dict, cost:int) -> list:
+        try:
+            log = self._open()
+            if log is None: return [None] * len(items)
+            ids = []
+            for pred, image, size, ms in items:
+                try:
+                    ids.append(log.log(pred, 'api', model=model, image=image, size=size, latency_ms=round(ms, 2)))
+                    self.written += 1
+                except Exception as e:
+                    ids.append(None); self._broken(e, 'a prediction')
+                    if self._log is None: return ids + [None] * (len(items) - len(ids))
+            return ids
+        except Exception as e:          # never let the writer thread die on a surprise
+            self._broken(e, 'a prediction'); return [None] * len(items)
+        finally:
+            with self._lock: self._pending_bytes -= cost
+
+    async def record(self, items, model:dict) -> list:
+        "Log `items`, each (prediction, image bytes, (width, height), latency in ms); their row ids, None where not (yet) written"
+        none = [None] * len(items)
+        if self._executor is None or not items: return none
+        cost = sum(len(b or b'') + 1024 for _, b, _, _ in items)
+        with self._lock:
+            full = self._pending_bytes + cost > self.max_pending_bytes
+            if not full: self._pending_bytes += cost
+        if full:
+            self.errors += len(items)
+            self.warn('full', f"the prediction log {self.path} is not keeping up; {len(items)} prediction(s) not logged")
+            return none
+        try: fut = self._executor.submit(self._write, items, model, cost)
+        except RuntimeError:              # shutting down
+            with self._lock: self._pending_bytes -= cost
+            return none
+        try: return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.wait_s)
+        except asyncio.TimeoutError:
+            self.warn('slow', f"the prediction log {self.path} is slow (locked?); answered without a row id, the row is written later")
+            return none
+
+    async def call(self, fn:Callable, *args, timeout:float=30.0):
+        "Run `fn(log, *args)` on the writer thread with the open log; 503 when there is none"
+        if self._executor is None:
+            raise ApiError(503, 'feedback_off', 'this server keeps no prediction log (--log off), so it cannot take feedback')
+        def job():
+            log = self._open()
+            if log is None: raise ApiError(503, 'log_unavailable', 'the prediction log cannot be opened; the server log says why')
+            try: return fn(log, *args)
+            except (ApiError, ImageError): raise
+            except Exception as e:
+                self._broken(e, 'a verdict')
+                raise ApiError(503, 'log_unavailable', f'the verdict could not be written to the prediction log ({type(e).__name__}); try again') from None
+        try: return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._executor.submit(job))), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(503, 'log_unavailable', 'the prediction log is busy; try again in a moment', RETRY) from None
+
+def _one_line(e) -> str: return (str(e).splitlines() or [''])[0]
+
+# %% ../nbs/08_api.ipynb #c031
+def _base64_image(v):
+    "The bytes of a base64 string (a `data:image/...;base64,` URL is accepted too)"
+    if v is None: return None
+    if not isinstance(v, str): raise ValueError('image must be a base64 string')
+    if v.startswith('data:'): v = v.partition(',')[2]
+    try: return base64.b64decode(''.join(v.split()), validate=True)
+    except (binascii.Error, ValueError): raise ValueError('image is not valid base64 (standard alphabet, with = padding)') from None
+
+Base64Image = Annotated[bytes, BeforeValidator(_base64_image), WithJsonSchema(
+    {'type': 'string', 'contentEncoding': 'base64', 'contentMediaType': 'image/*'})]
+
+class FeedbackIn(BaseModel):
+    "A verdict on one logged prediction"
+    model_config = ConfigDict(extra='forbid')
+    id: int = Field(ge=1, le=2**53 - 1,   # the largest integer JavaScript's numbers hold exactly
+                    description='the `id` that POST /predict (or /predict/batch) returned')
+    label: str = Field(min_length=1, max_length=100,
+                       description=f"the right answer: one of the model's labels (GET /model, `vocab`) or '{NOT_A_BEAR}'")
+    image: Base64Image|None = Field(None, description='the photo that was classified, base64-encoded; '
+                                    'with a correction it is saved into the review queue')
+
+class FeedbackOut(BaseModel):
+    "What became of a verdict"
+    id: int
+    label: str
+    correct: bool = Field(description="whether the model's answer was `label`")
+    saved: str|None = Field(description='where the photo was saved, relative to the review queue (label/file); '
+                            'null for a confirmation or when no photo was sent')
+
+def logged_answer(log:PredictionLog, pred_id:int) -> dict:
+    "The model's answer (`not_a_bear` when out of domain) and image hash of a logged prediction; 404 if unknown"
+    row = log.con.execute('SELECT label, in_domain, sha256 FROM predictions WHERE id=?', (pred_id,)).fetchone()
+    if row is None: raise ApiError(404, 'unknown_id', f'no prediction with id {pred_id} in the log')
+    return dict(answer=row[0] if row[1] else NOT_A_BEAR, sha256=row[2])
+
+def record_verdict(log:PredictionLog, pred_id:int, label:str, image:bytes|None) -> str|None:
+    "Store the verdict; the saved photo's path relative to the review queue, or None"
+    path = log.feedback(pred_id, label, image=image)
+    if path is None: return None
+    root = Path(log.review_root)
+    try: return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError: return f'{label}/{Path(path).name}'
+
+def image_sha256(image:bytes, max_bytes:int) -> str:
+    "Check that `image` decodes (else `ImageError`) and return its SHA-256"
+    decode_bytes(image, max_bytes=max_bytes)
+    return hashlib.sha256(image).hexdigest()
+
+# %% ../nbs/08_api.ipynb #c034
+def predict_one(p, data:bytes, name:str|None, max_bytes:int):
+    "Decode and classify one upload on a worker: (Prediction, (width, height), milliseconds)"
+    t0 = time.perf_counter()
+    img = decode_bytes(data, name, max_bytes)
+    pred = p.predict(img)
+    return pred, img.size, (time.perf_counter() - t0) * 1000
+
+def predict_many(p, items:list, max_bytes:int):
+    "Decode and classify [(name, bytes)] on a worker: ([(Prediction or ImageError, (w, h) or None)], milliseconds per image)"
+    t0 = time.perf_counter()
+    imgs = []
+    for name, b in items:
+        try: imgs.append(decode_bytes(b, name, max_bytes))
+        except ImageError as e: imgs.append(e)
+    ok = [im for im in imgs if not isinstance(im, ImageError)]
+    preds = iter(p.predict_batch(ok) if ok else [])
+    out = [(im, None) if isinstance(im, ImageError) else (next(preds), im.size) for im in imgs]
+    return out, (time.perf_counter() - t0) * 1000 / max(len(ok), 1)
+
+# %% ../nbs/08_api.ipynb #c036
 class ServiceState:
     "The model of one process: `loading` until `predictor` is set, `error` if loading failed"
     def __init__(self, predictor=None):
@@ -315,13 +522,20 @@ class ServiceState:
         if self.error: raise ApiError(503, 'model_unavailable', f"the model failed to load: {self.error}")
         raise ApiError(503, 'not_ready', 'the model is still loading; retry in a moment', RETRY)
 
-# %% ../nbs/08_api.ipynb #c026
+# %% ../nbs/08_api.ipynb #c037
 ERROR_RESPONSES = {s: {'model': ErrorOut, 'description': d} for s, d in {
     400: 'Not an image: empty, not an image file, or truncated',
     413: 'Over the configured upload size (or too many files, or too many pixels)',
     415: 'Unsupported image format (e.g. HEIC) or a non-image content type',
     422: "Malformed request: no 'file' field, broken multipart",
     503: 'Busy (queue full), or the model is not loaded (yet)'}.items()}
+FEEDBACK_RESPONSES = {s: {'model': ErrorOut, 'description': d} for s, d in {
+    400: 'The photo is not an image: empty, not an image file, or truncated',
+    404: 'No prediction with this id in the log',
+    413: 'The photo is over the configured upload size (or has too many pixels)',
+    415: 'The photo is in a format that cannot be read (e.g. HEIC)',
+    422: "Malformed JSON, a label the model does not know, or a photo that is not the one predicted",
+    503: 'The model is not loaded (yet); this server keeps no log (--log off) or cannot write it'}.items()}
 
 _BINARY = {'type': 'string', 'format': 'binary'}
 PREDICT_BODY = {'requestBody': {'required': True, 'description':
@@ -338,29 +552,37 @@ BATCH_BODY = {'requestBody': {'required': True, 'description': 'Several images a
 API_DESCRIPTION = """Classify photos of bears (grizzly, black, teddy) with the bear_classifier model.
 
 Send an image to `POST /predict` (multipart field `file`, or the raw bytes with an `image/*` content
-type); get the label, its probability, every label's probability and whether the photo looks like one
-of our bears at all. Errors are HTTP statuses with a JSON body `{"error": code, "detail": message}`."""
+type); get the label, its probability, every label's probability, whether the photo looks like one
+of our bears at all, and the prediction's `id` in the server's log. Tell the server whether it was
+right with `POST /feedback` (JSON `{"id", "label", "image"?}`): a correction with the photo goes into
+the review queue for the next training run. Errors are HTTP statuses with a JSON body
+`{"error": code, "detail": message}`."""
 
-# %% ../nbs/08_api.ipynb #c027
+# %% ../nbs/08_api.ipynb #c038
 def create_app(predictor:Predictor|None=None, settings:Settings|None=None, loader:Callable|None=None) -> FastAPI:
     "The prediction service for `predictor`, or for the model that `loader()` (default: `Predictor.load`) returns"
     settings = settings or Settings.from_env()
     state = ServiceState(predictor)
     if loader is None: loader = lambda: Predictor.load(settings.model_dir, models_root=settings.models_root, threads=settings.threads)
+    recorder = PredictionRecorder(service_log_path(settings.log_db), settings.review_root)
 
     @asynccontextmanager
     async def lifespan(app):
         app.state.pool = InferencePool(settings.workers, settings.queue)
+        recorder.start()
         if not state.ready.is_set() and not state.error:
             threading.Thread(target=state.load, args=(loader,), name='bear-load-model', daemon=True).start()
         try: yield
-        finally: app.state.pool.shutdown(wait=False)
+        finally:
+            app.state.pool.shutdown(wait=False)
+            recorder.close()
 
     app = FastAPI(title='bear_classifier', version=__version__, description=API_DESCRIPTION, lifespan=lifespan)
-    app.state.service, app.state.settings = state, settings
+    app.state.service, app.state.settings, app.state.recorder = state, settings, recorder
     app.add_middleware(LimitUploadSize, limits={
         '/predict': settings.max_upload_bytes + MULTIPART_SLACK,
-        '/predict/batch': settings.max_batch * settings.max_upload_bytes + MULTIPART_SLACK})
+        '/predict/batch': settings.max_batch * settings.max_upload_bytes + MULTIPART_SLACK,
+        '/feedback': 4 * -(-settings.max_upload_bytes // 3) + MULTIPART_SLACK})   # base64: 4 bytes for every 3
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
                            allow_methods=['GET', 'POST'], allow_headers=['Content-Type'])
@@ -391,13 +613,17 @@ def create_app(predictor:Predictor|None=None, settings:Settings|None=None, loade
         if app.state.pool.full: raise QueueFull(f"all {settings.workers} workers are busy and {settings.queue} requests are waiting")
         return p
 
+    def model_dict() -> dict: return state.info.model_dump()
+
     @app.post('/predict', response_model=PredictionOut, responses=ERROR_RESPONSES, openapi_extra=PREDICT_BODY,
               summary='Classify one image')
     async def predict(request: Request):
         "Classify one image: multipart field `file`, or the raw bytes with an image/* content type"
         p = admit()
         data, name = await read_image(request, settings.max_upload_bytes)
-        return prediction_out(await app.state.pool.run(p.predict_bytes, data, name), state.info)
+        pred, size, ms = await app.state.pool.run(predict_one, p, data, name, settings.max_upload_bytes)
+        [rid] = await recorder.record([(pred, data, size, ms)], model_dict())
+        return prediction_out(pred, state.info, rid)
 
     @app.post('/predict/batch', response_model=list[BatchItem], responses=ERROR_RESPONSES, openapi_extra=BATCH_BODY,
               summary='Classify several images')
@@ -414,13 +640,33 @@ def create_app(predictor:Predictor|None=None, settings:Settings|None=None, loade
             try: todo.append((len(items), await upload_bytes(up, settings.max_upload_bytes))); items.append(None)
             except ApiError as e: items.append(BatchItem(filename=up.filename, status=e.status, error=e.code, detail=e.detail))
         if todo:
-            results = await app.state.pool.run(p.predict_batch, [{'name': uploads[i][1].filename, 'content': b} for i, b in todo])
-            for (i, _), r in zip(todo, results):
+            results, ms = await app.state.pool.run(predict_many, p, [(uploads[i][1].filename, b) for i, b in todo], settings.max_upload_bytes)
+            done = [(i, b, r, size) for (i, b), (r, size) in zip(todo, results) if not isinstance(r, ImageError)]
+            ids = dict(zip([i for i, *_ in done], await recorder.record([(r, b, size, ms) for _, b, r, size in done], model_dict())))
+            for (i, _), (r, _) in zip(todo, results):
                 name = uploads[i][1].filename
                 if isinstance(r, ImageError):
                     items[i] = BatchItem(filename=name, status=image_error_status(r), error=getattr(r, 'code', None) or 'not_an_image', detail=str(r))
-                else: items[i] = BatchItem(filename=name, status=200, prediction=prediction_out(r, state.info))
+                else: items[i] = BatchItem(filename=name, status=200, prediction=prediction_out(r, state.info, ids.get(i)))
         return items
+
+    @app.post('/feedback', response_model=FeedbackOut, responses=FEEDBACK_RESPONSES, summary='Say whether a prediction was right')
+    async def feedback(body: FeedbackIn):
+        "Record the right label for a logged prediction; a correction with its photo goes into the review queue"
+        p = state.require()
+        labels = [str(v) for v in p.vocab] + [NOT_A_BEAR]
+        if body.label not in labels:
+            raise ApiError(422, 'unknown_label', f"{body.label!r} is not a label of this model; send one of: {', '.join(labels)}")
+        if body.image is not None and len(body.image) > settings.max_upload_bytes:
+            raise ApiError(413, 'too_large', f"the image is {len(body.image):,} bytes; the limit is {settings.max_upload_bytes:,}")
+        row = await recorder.call(logged_answer, body.id)                      # 404 before any work on the photo
+        if body.image is not None:
+            sha = await app.state.pool.run(image_sha256, body.image, settings.max_upload_bytes)   # 400/413/415 if it is no image
+            if row['sha256'] and sha != row['sha256']:
+                raise ApiError(422, 'image_mismatch', f"the image is not the one prediction {body.id} was made on; "
+                               "send the same bytes that were classified, or no image")
+        saved = await recorder.call(record_verdict, body.id, body.label, body.image)
+        return FeedbackOut(id=body.id, label=body.label, correct=body.label == row['answer'], saved=saved)
 
     @app.get('/health', response_model=HealthOut, responses={503: {'model': HealthOut, 'description': 'Loading, or the model failed to load'}},
              summary='Readiness: 200 once the model is loaded')
@@ -428,7 +674,7 @@ def create_app(predictor:Predictor|None=None, settings:Settings|None=None, loade
         "`ready` (200) once the model is loaded; `loading` or `error` (503) before"
         pool = getattr(app.state, 'pool', None)
         out = HealthOut(status=state.status, model=state.info, detail=state.error, workers=settings.workers,
-                        queue=settings.queue, pending=pool.pending if pool else 0)
+                        queue=settings.queue, pending=pool.pending if pool else 0, logging=recorder.enabled)
         if out.status == 'ready': return out
         return JSONResponse(out.model_dump(), status_code=503, headers=RETRY)
 
@@ -440,7 +686,7 @@ def create_app(predictor:Predictor|None=None, settings:Settings|None=None, loade
 
     return app
 
-# %% ../nbs/08_api.ipynb #c029
+# %% ../nbs/08_api.ipynb #c040
 def bind_socket(host:str='127.0.0.1', port:int=0) -> socket.socket:
     "A listening TCP socket on `host:port` (port 0: a free one); a one-line error when the port is taken"
     family = socket.AF_INET6 if ':' in host else socket.AF_INET
@@ -487,7 +733,7 @@ def serve_in_thread(app, host:str='127.0.0.1', port:int=0, **config) -> Loopback
     "Start serving `app` on `host:port` in a background thread and return the running server"
     return LoopbackServer(app, host, port, **config).start()
 
-# %% ../nbs/08_api.ipynb #c041
+# %% ../nbs/08_api.ipynb #c060
 def openapi_schema() -> dict:
     "The service's OpenAPI schema (independent of settings and model)"
     return create_app(settings=Settings()).openapi()
@@ -504,7 +750,18 @@ def write_openapi(path) -> Path:
         if os.path.exists(tmp): os.unlink(tmp)
     return path
 
-# %% ../nbs/08_api.ipynb #c048
+# %% ../nbs/08_api.ipynb #c067
+def check_log(log=None) -> Path|None:
+    "The log `bear-serve` will write (None: `off`); a warning on stderr, not an exit, when it cannot be written now"
+    path = service_log_path(log)
+    if path is None: return None
+    try: PredictionLog(path).close()
+    except Exception as e:
+        print(f"bear-serve: warning: the prediction log {path} cannot be written ({type(e).__name__}: {_one_line(e)}); "
+              "the service will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
+    return path
+
+# %% ../nbs/08_api.ipynb #c068
 @call_parse
 def bear_serve(
     model_dir:str=None,        # model bundle folder (env BEAR_MODEL_DIR; default: newest bundle under --models-root, else the starter)
@@ -517,6 +774,8 @@ def bear_serve(
     queue:int=None,            # requests that may wait for a worker before 503 busy (env BEAR_QUEUE; default 32)
     cors_origins:str=None,     # comma-separated browser origins allowed to call the API, '*' for any (env BEAR_CORS_ORIGINS; default none)
     threads:int=None,          # threads one inference may use (env BEAR_THREADS; default: all cores)
+    log:str=None,              # prediction log (SQLite) path, or `off` (env BEAR_LOG_DB; default: data/predictions.sqlite in the project)
+    review_root:str=None,      # where corrections sent to /feedback are saved (env BEAR_REVIEW_ROOT; default: review/ beside the log)
     log_level:str='info',      # uvicorn log level: critical, error, warning, info, debug
     access_log:bool=True,      # one log line per request; --no-access-log turns it off
     openapi:str=None,          # write the OpenAPI schema to this file and exit
@@ -526,16 +785,17 @@ def bear_serve(
     try:
         s = Settings.from_env(model_dir=model_dir, models_root=models_root, host=host, port=port,
                               max_upload_bytes=max_upload_bytes, max_batch=max_batch, workers=workers, queue=queue,
-                              cors_origins=cors_origins, threads=threads)
+                              cors_origins=cors_origins, threads=threads, log_db=log, review_root=review_root)
     except SettingsError as e: raise SystemExit(f"bear-serve: {e}")
     if s.model_dir and not Path(s.model_dir).is_dir():
         raise SystemExit(f"bear-serve: model folder {s.model_dir} not found; pass --model-dir of a bundle (bear-export makes one) or leave it out for the newest")
     try: sock = bind_socket(s.host, s.port)
     except OSError as e: raise SystemExit(f"bear-serve: {e}")
     logging.basicConfig(level=log_level.upper(), format='%(levelname)s:     %(message)s')
+    logdb = check_log(s.log_db)
     h, p = sock.getsockname()[:2]
     print(f"bear-serve: listening on http://{h}:{p} (workers={s.workers}, queue={s.queue}, max upload {s.max_upload_bytes:,} bytes); "
-          f"GET /health says ready once the model is loaded", flush=True)
+          + (f"prediction log {logdb}; " if logdb else 'predictions not logged; ') + "GET /health says ready once the model is loaded", flush=True)
     config = uvicorn.Config(create_app(settings=s), log_level=log_level, access_log=access_log,
                             limit_concurrency=max(64, 4 * (s.workers + s.queue)), timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])

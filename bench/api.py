@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Load test of the JSON prediction service on loopback, next to the Predictor's own rate, in one run.
 
-    python bench/api.py [--requests 2000] [--clients 16] [--model-dir DIR | --models-root DIR]
+    python bench/api.py [--requests 2000] [--clients 16] [--model-dir DIR | --models-root DIR] [--log PATH|off] [--no-compare-log-off]
 
 1. starts the real `bear-serve` (`python -m bear_classifier.api`) on a free 127.0.0.1 port and waits for
    GET /health, then reads the server process's memory (RSS);
 2. measures `Predictor.predict_bytes` in a tight loop in this process on the same photos (before and after
    the load run: the CPU is shared, so the two are averaged and both are reported);
-3. load run: `--clients` concurrent clients send `--requests` multipart uploads to POST /predict, and stop;
+3. load run: `--clients` concurrent clients send `--requests` multipart uploads to POST /predict, and stop.
+   The server logs every answer to a prediction log (`--log`, default a temporary SQLite file, never the
+   project's data/); afterwards the log must hold exactly one row per 200. Unless `--no-compare-log-off`,
+   a second server with `--log off` serves the same number of requests in alternating rounds, so that
+   the cost of logging is measured side by side on the same (shared) CPU;
 4. overload run: a second server with a small queue (`--overload-queue`), flooded by `--overload-clients`
    clients from a separate process (more than workers + queue), while this process sends one probe request
    every 20 ms and times it: requests beyond the queue bound must get their 503 quickly. (The flood runs in
@@ -71,10 +75,10 @@ def probe(url, images, seconds, every=0.02):
             time.sleep(every)
     return out
 
-def start_server(args, models_root, queue=None):
+def start_server(args, models_root, queue=None, log='off'):
     queue = args.queue if queue is None else queue
     cmd = [sys.executable, '-m', 'bear_classifier.api', '--port', '0', '--workers', str(args.workers), '--queue', str(queue),
-           '--no-access-log', '--log-level', 'warning']
+           '--no-access-log', '--log-level', 'warning', '--log', str(log)]
     cmd += ['--model-dir', args.model_dir] if args.model_dir else ['--models-root', str(models_root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     line = proc.stdout.readline()
@@ -128,6 +132,8 @@ def main():
     ap.add_argument('--flood', default=None, help=argparse.SUPPRESS)   # internal: be the flood process for this URL
     ap.add_argument('--model-dir', default=None, help='a model bundle (default: the starter, built in a temporary folder)')
     ap.add_argument('--models-root', default=None, help='serve the newest bundle under this folder')
+    ap.add_argument('--log', default=None, help="the load-run server's prediction log (default: a temporary file; 'off': none)")
+    ap.add_argument('--no-compare-log-off', dest='compare', action='store_false', help='skip the side-by-side server without logging')
     ap.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'api.json'))
     args = ap.parse_args()
     if args.flood: return flood(args)
@@ -142,14 +148,20 @@ def main():
           f"mean {statistics.mean(len(b) for _, b in images) / 1024:.0f} KiB; torch threads {torch.get_num_threads()}; "
           f"{os.cpu_count()} CPUs (shared with other work: compare numbers within this run only)", flush=True)
 
-    proc, url, ready_s = start_server(args, models_root)
+    log = Path(tmp.name) / 'predictions.sqlite' if args.log is None else args.log
+    proc, url, ready_s = start_server(args, models_root, log=log)
+    off = start_server(args, models_root, log='off') if args.compare and str(log) != 'off' else None
     try:
         ps = psutil.Process(proc.pid)
         m = ps.memory_full_info(); rss_loaded, uss_loaded = m.rss / 2**20, m.uss / 2**20
-        asyncio.run(load_run(url, images, 2 * args.clients, args.clients))   # warm-up, not counted
+        warm, _ = asyncio.run(load_run(url, images, 2 * args.clients, args.clients))   # warm-up, not counted (but logged)
+        warm_ok = sum(1 for s_, _ in warm if s_ == 200)
+        if off: asyncio.run(load_run(off[1], images, 2 * args.clients, args.clients))
         # The CPU is shared and its speed drifts, so the two are measured in alternating rounds:
-        # tight loop, a quarter of the requests, tight loop, ... and compared on the totals.
+        # tight loop, a quarter of the requests (logging server, then the one without), tight loop, ...
+        # and compared on the totals.
         res, wall, rounds, tight_n, tight_s = [], 0.0, [], 0, 0.0
+        res_off, wall_off = [], 0.0
         for k in range(args.rounds):
             n_k = args.requests // args.rounds + (1 if k < args.requests % args.rounds else 0)
             n_t, s_t = tight_loop(predictor, images, seconds=args.tight_seconds)
@@ -157,14 +169,24 @@ def main():
             r_k, w_k = asyncio.run(load_run(url, images, n_k, args.clients))
             res += r_k; wall += w_k
             rounds.append({'tight_loop_img_s': round(rate_k, 2), 'service_req_s': round(sum(1 for s_, _ in r_k if s_ == 200) / w_k, 2)})
-            print(f"round {k + 1}/{args.rounds}: tight loop {rate_k:.1f} img/s, service {rounds[-1]['service_req_s']:.1f} req/s", flush=True)
+            if off:
+                r_o, w_o = asyncio.run(load_run(off[1], images, n_k, args.clients))
+                res_off += r_o; wall_off += w_o
+                rounds[-1]['service_log_off_req_s'] = round(sum(1 for s_, _ in r_o if s_ == 200) / w_o, 2)
+            print(f"round {k + 1}/{args.rounds}: tight loop {rate_k:.1f} img/s, service {rounds[-1]['service_req_s']:.1f} req/s"
+                  + (f", without logging {rounds[-1]['service_log_off_req_s']:.1f} req/s" if off else ''), flush=True)
         m = ps.memory_full_info(); rss_served, uss_served = m.rss / 2**20, m.uss / 2**20
     finally:
-        proc.terminate()
-        try: proc.wait(15)
-        except subprocess.TimeoutExpired: proc.kill()
+        for p_ in [proc] + ([off[0]] if off else []):
+            p_.terminate()
+            try: p_.wait(15)
+            except subprocess.TimeoutExpired: p_.kill()
+    logged_rows = None
+    if str(log) != 'off':
+        from bear_classifier.monitor import PredictionLog
+        pl = PredictionLog(log); logged_rows = pl.count() - warm_ok; pl.close()
 
-    proc, url, _ = start_server(args, models_root, queue=args.overload_queue)
+    proc, url, _ = start_server(args, models_root, queue=args.overload_queue, log=Path(tmp.name) / 'overload.sqlite' if str(log) != 'off' else 'off')
     try:
         fl = subprocess.Popen([sys.executable, __file__, '--flood', url, '--overload-clients', str(args.overload_clients),
                                '--overload-seconds', str(args.overload_seconds)], stdout=subprocess.PIPE, text=True)
@@ -181,6 +203,8 @@ def main():
     errors = {str(s): sum(1 for x, _ in res if x == s) for s in {s for s, _ in res if s != 200}}
     tight = tight_n / tight_s
     service_rate = len(ok) / wall
+    ok_off = [t for s, t in res_off if s == 200]
+    off_rate = len(ok_off) / wall_off if off else None
     rejected = [t for s, t in over if s == 503]
     over_ok = [t for s, t in over if s == 200]
     over_err = {str(s): sum(1 for x, _ in over if x == s) for s in {s for s, _ in over if s not in (200, 503)}}
@@ -195,7 +219,12 @@ def main():
         'tight_loop_img_s': round(tight, 2), 'rounds': rounds,
         'load_run': {'clients': args.clients, 'requests': len(res), 'ok': len(ok), 'errors': errors, 'wall_s': round(wall, 2),
                      'throughput_req_s': round(service_rate, 2), 'ratio_to_tight_loop': round(service_rate / tight, 3),
-                     'latency_ms': {f'p{q}': round(1000 * pct(ok, q), 1) for q in (50, 95, 99)} | {'max': round(1000 * max(ok), 1) if ok else None}},
+                     'latency_ms': {f'p{q}': round(1000 * pct(ok, q), 1) for q in (50, 95, 99)} | {'max': round(1000 * max(ok), 1) if ok else None},
+                     'logging': str(log) != 'off', 'logged_rows': logged_rows},
+        'load_run_log_off': None if not off else {
+            'requests': len(res_off), 'ok': len(ok_off), 'wall_s': round(wall_off, 2), 'throughput_req_s': round(off_rate, 2),
+            'logging_cost': round(1 - service_rate / off_rate, 3),
+            'latency_ms': {f'p{q}': round(1000 * pct(ok_off, q), 1) for q in (50, 95, 99)}},
         'overload_run': {'flood_clients': args.overload_clients, 'capacity': args.workers + args.overload_queue,
                          'flood': flood_out, 'probes': len(over), 'probe_ok': len(over_ok), 'probe_503': len(rejected), 'other_errors': over_err,
                          'latency_503_ms': {f'p{q}': round(1000 * pct(rejected, q), 2) for q in (50, 95, 99)} | {'max': round(1000 * max(rejected), 2) if rejected else None},
@@ -208,6 +237,8 @@ def main():
         '503_p99_under_50ms': bool(rejected) and pct(rejected, 99) < 0.050,
         'overload_only_200_or_503': not over_err and set(flood_out['statuses']) <= {'200', '503'},
     }
+    if logged_rows is not None: result['targets']['every_answer_logged'] = logged_rows == len(ok)
+    if off: result['targets']['logging_costs_under_10pct'] = service_rate >= 0.9 * off_rate
 
     L = result['load_run']; O = result['overload_run']
     rows = [
@@ -215,6 +246,12 @@ def main():
         (f"service, {args.clients} clients, {len(res)} requests", f"{service_rate:.1f} req/s", f"{L['ratio_to_tight_loop']:.2f}x tight loop; rounds: " + ', '.join(f"{r['service_req_s']:.0f}" for r in rounds)),
         ('  latency p50 / p95 / p99', f"{L['latency_ms']['p50']} / {L['latency_ms']['p95']} / {L['latency_ms']['p99']} ms", f"max {L['latency_ms']['max']} ms"),
         ('  errors', str(sum(errors.values())), json.dumps(errors) if errors else 'none'),
+        ('  rows in the prediction log', 'off' if logged_rows is None else f"{logged_rows} for {len(ok)} answers", ''),
+    ] + ([
+        (f"same, server with --log off", f"{off_rate:.1f} req/s",
+         f"logging costs {100 * (1 - service_rate / off_rate):+.1f}%; rounds: " + ', '.join(f"{r['service_log_off_req_s']:.0f}" for r in rounds)),
+        ('  latency p50 / p95 / p99 (--log off)', ' / '.join(str(result['load_run_log_off']['latency_ms'][f'p{q}']) for q in (50, 95, 99)) + ' ms', ''),
+    ] if off else []) + [
         (f"overload: flood of {args.overload_clients} clients > capacity {O['capacity']}", json.dumps(flood_out['statuses']),
          f"in {flood_out['wall_s']} s"),
         ('  probes during the flood', f"{len(rejected)} x 503, {len(over_ok)} x 200", f"other errors: {sum(over_err.values())}"),

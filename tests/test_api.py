@@ -1,7 +1,7 @@
 """The JSON prediction service (nbs/08_api.ipynb) over real sockets: a real uvicorn server on a free
 loopback port, the real `Predictor` with the starter model (built once into a temporary models folder),
 and real HTTP requests through httpx. Every status the service can answer is produced here."""
-import io, json, os, re, signal, subprocess, sys, threading, time
+import base64, hashlib, io, json, os, re, signal, sqlite3, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,6 +11,8 @@ from PIL import Image
 
 from bear_classifier.inference import Predictor
 from bear_classifier.api import (Settings, create_app, LoopbackServer, openapi_schema, bear_serve, MULTIPART_SLACK)
+from bear_classifier.monitor import PredictionLog, NOT_A_BEAR
+from bear_classifier.collect import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 300_000   # max upload bytes of the test server: small, so over-limit bodies stay cheap
@@ -38,8 +40,22 @@ def photos(sample_photos):
     return {k: jpeg(v) for k, v in sample_photos.items()}
 
 @pytest.fixture(scope='module')
-def settings():
-    return Settings(max_upload_bytes=LIMIT, max_batch=4, workers=1, queue=2)
+def log_dir(tmp_path_factory):
+    "The test server's prediction log and review queue live here, never in the project's data/"
+    return tmp_path_factory.mktemp('api-log')
+
+@pytest.fixture(scope='module')
+def settings(log_dir):
+    return Settings(max_upload_bytes=LIMIT, max_batch=4, workers=1, queue=2,
+                    log_db=str(log_dir / 'predictions.sqlite'), review_root=str(log_dir / 'review'))
+
+def logged(settings) -> dict:
+    "The rows of the test server's log, by id"
+    log = PredictionLog(settings.log_db)
+    try: return {r['id']: r for r in log.rows()}
+    finally: log.close()
+
+def no_id(d): return {k: v for k, v in d.items() if k != 'id'}
 
 @pytest.fixture(scope='module')
 def server(predictor, settings):
@@ -68,7 +84,8 @@ def test_predict_multipart_matches_the_inference_core(server, predictor, photos)
         r = post_file(server.url, photos[name], f'{name}.jpg')
         assert r.status_code == 200, r.text
         got, want = r.json(), predictor.predict_bytes(photos[name])
-        assert set(got) == {'label', 'index', 'probability', 'probabilities', 'in_domain', 'model'}
+        assert set(got) == {'id', 'label', 'index', 'probability', 'probabilities', 'in_domain', 'model'}
+        assert isinstance(got['id'], int)
         assert (got['label'], got['index'], got['in_domain']) == (want.label, want.index, want.in_domain)
         assert got['probability'] == pytest.approx(float(want.probability), abs=1e-6)
         assert got['probabilities'] == pytest.approx({k: float(v) for k, v in want.probs.items()}, abs=1e-6)
@@ -77,10 +94,10 @@ def test_predict_multipart_matches_the_inference_core(server, predictor, photos)
         assert got['model']['kind'] == 'starter'
 
 def test_raw_body_jpeg_png_and_octet_stream(server, sample_photos, photos):
-    by_file = post_file(server.url, photos['coffee']).json()
-    assert post_raw(server.url, photos['coffee']).json() == by_file
-    assert post_raw(server.url, photos['coffee'], 'application/octet-stream').json() == by_file
-    assert post_raw(server.url, photos['coffee'], 'image/jpeg; charset=binary').json() == by_file
+    by_file = no_id(post_file(server.url, photos['coffee']).json())
+    assert no_id(post_raw(server.url, photos['coffee']).json()) == by_file
+    assert no_id(post_raw(server.url, photos['coffee'], 'application/octet-stream').json()) == by_file
+    assert no_id(post_raw(server.url, photos['coffee'], 'image/jpeg; charset=binary').json()) == by_file
     r = post_raw(server.url, png(sample_photos['rocket'].resize((200, 300))), 'image/png')
     assert r.status_code == 200 and r.json()['label'] in r.json()['probabilities']
 
@@ -164,7 +181,7 @@ def test_batch_reports_each_file_and_never_fails_the_batch(server, predictor, ph
     items = r.json()
     assert [(i['filename'], i['status'], i['error']) for i in items] == [
         ('a.jpg', 200, None), ('junk.jpg', 400, 'not_an_image'), ('notes.txt', 415, 'unsupported_media_type'), ('b.jpg', 200, None)]
-    assert items[0]['prediction'] == post_file(server.url, photos['chelsea']).json()
+    assert no_id(items[0]['prediction']) == no_id(post_file(server.url, photos['chelsea']).json())
     assert items[3]['prediction']['label'] == predictor.predict_bytes(photos['coffee']).label
     assert items[1]['prediction'] is None and items[1]['detail']
 
@@ -176,6 +193,132 @@ def test_batch_limits(server, photos):
     assert [(i['status'], i['error']) for i in items] == [(200, None), (413, 'too_large')]
     r = httpx.post(f"{server.url}/predict/batch", content=photos['chelsea'], headers={'content-type': 'image/jpeg'}, timeout=60)
     check_error(r, 415, 'unsupported_media_type')
+
+# ---------------------------------------------------------------- the prediction log
+
+def test_predictions_are_logged(server, settings, predictor, photos, sample_photos):
+    r = post_file(server.url, photos['chelsea'], 'chelsea.jpg')
+    assert r.status_code == 200
+    got = r.json()
+    row = logged(settings)[got['id']]
+    assert (row['frontend'], row['label'], bool(row['in_domain'])) == ('api', got['label'], got['in_domain'])
+    assert (row['model_name'], row['model_version'], row['model_kind']) == (str(predictor.name), str(predictor.version), 'starter')
+    assert row['probability'] == pytest.approx(got['probability']) and json.loads(row['probs']) == pytest.approx(got['probabilities'])
+    assert row['sha256'] == hashlib.sha256(photos['chelsea']).hexdigest() and row['nbytes'] == len(photos['chelsea'])
+    assert (row['width'], row['height']) == sample_photos['chelsea'].size
+    assert 0 < row['latency_ms'] < 60_000
+    assert row['image_path'] is None and row['feedback'] is None            # the photo itself is not kept
+    assert not (Path(settings.log_db).parent / 'review').exists()
+
+def test_batch_predictions_are_logged_failures_are_not(server, settings, photos):
+    before = logged(settings)
+    files = [('files', ('a.jpg', photos['coffee'], 'image/jpeg')), ('files', ('junk.jpg', b'not an image', 'image/jpeg')),
+             ('files', ('b.jpg', photos['rocket'], 'image/jpeg'))]
+    items = httpx.post(f"{server.url}/predict/batch", files=files, timeout=60).json()
+    ids = [i['prediction']['id'] if i['prediction'] else None for i in items]
+    assert ids[1] is None and ids[0] and ids[2] and ids[0] != ids[2]
+    rows = logged(settings)
+    assert set(rows) - set(before) == {ids[0], ids[2]}                      # the broken file is not a prediction
+    assert rows[ids[2]]['sha256'] == hashlib.sha256(photos['rocket']).hexdigest()
+    check_error(post_raw(server.url, b'no image'), 400, 'not_an_image')
+    assert len(logged(settings)) == len(rows)
+
+# ---------------------------------------------------------------- feedback
+
+def b64(b): return base64.b64encode(b).decode()
+
+def answer_of(pred): return pred['label'] if pred['in_domain'] else NOT_A_BEAR
+
+def test_feedback_confirms_and_corrects(server, settings, predictor, photos):
+    review = Path(settings.review_root)
+    right = post_file(server.url, photos['astronaut']).json()
+    fb = httpx.post(f"{server.url}/feedback", json={'id': right['id'], 'label': answer_of(right), 'image': b64(photos['astronaut'])})
+    assert fb.status_code == 200, fb.text
+    assert fb.json() == {'id': right['id'], 'label': answer_of(right), 'correct': True, 'saved': None}
+    assert logged(settings)[right['id']]['feedback'] == answer_of(right)
+    assert not read_manifest(review)                                        # a confirmation keeps no photo
+    wrong = post_raw(server.url, photos['coffee']).json()
+    fix = next(l for l in [*map(str, predictor.vocab), NOT_A_BEAR] if l != answer_of(wrong))
+    fb = httpx.post(f"{server.url}/feedback", json={'id': wrong['id'], 'label': fix, 'image': b64(photos['coffee'])})
+    assert fb.status_code == 200, fb.text
+    assert (fb.json()['correct'], fb.json()['label']) == (False, fix)
+    saved = review / fb.json()['saved']
+    assert fb.json()['saved'].startswith(f'{fix}/') and saved.read_bytes() == photos['coffee']
+    m = [r for r in read_manifest(review) if r['file'] == fb.json()['saved']]
+    assert len(m) == 1 and (m[0]['label'], m[0]['source'], m[0]['status']) == (fix, 'feedback', 'ok')
+    assert m[0]['sha256'] == hashlib.sha256(photos['coffee']).hexdigest()
+    assert logged(settings)[wrong['id']]['feedback'] == fix
+    # a data: URL works too, a batch item's id as well; a correction without the photo is recorded, nothing saved
+    item = httpx.post(f"{server.url}/predict/batch", files=[('files', ('c.jpg', photos['china'], 'image/jpeg'))], timeout=60).json()[0]
+    other = next(l for l in [*map(str, predictor.vocab), NOT_A_BEAR] if l != answer_of(item['prediction']))
+    fb = httpx.post(f"{server.url}/feedback", json={'id': item['prediction']['id'], 'label': other})
+    assert fb.json() == {'id': item['prediction']['id'], 'label': other, 'correct': False, 'saved': None}
+    fb = httpx.post(f"{server.url}/feedback", json={'id': item['prediction']['id'], 'label': other,
+                                                    'image': 'data:image/jpeg;base64,' + b64(photos['china'])})
+    assert fb.status_code == 200 and (review / fb.json()['saved']).read_bytes() == photos['china']
+
+def test_feedback_errors(server, settings, photos):
+    pred = post_raw(server.url, photos['rocket']).json()
+    url, pid, label = f"{server.url}/feedback", pred['id'], answer_of(pred)
+    check_error(httpx.post(url, json={'id': 10**12, 'label': label}), 404, 'unknown_id')
+    check_error(httpx.post(url, json={'id': 10**12, 'label': label, 'image': b64(b'junk')}), 404, 'unknown_id')
+    body = check_error(httpx.post(url, json={'id': pid, 'label': 'panda'}), 422, 'unknown_label')
+    assert NOT_A_BEAR in body['detail'] and 'grizzly' in body['detail']
+    for bad in [{'label': label}, {'id': 'seven', 'label': label}, {'id': 0, 'label': label}, {'id': 2**64, 'label': label},
+                {'id': pid}, {'id': pid, 'label': label, 'photo': 'x'}, {'id': pid, 'label': label, 'image': 'not base64!'},
+                {'id': pid, 'label': label, 'image': 12}, [pid, label]]:
+        check_error(httpx.post(url, json=bad), 422, 'malformed_request')
+    check_error(httpx.post(url, content=b'{"id": 1, "label": ', headers={'content-type': 'application/json'}), 422, 'malformed_request')
+    check_error(httpx.post(url, content=b'id=1&label=black', headers={'content-type': 'application/x-www-form-urlencoded'}), 422, 'malformed_request')
+    check_error(httpx.post(url, json={'id': pid, 'label': label, 'image': b64(b'plain text, no picture')}), 400, 'not_an_image')
+    check_error(httpx.post(url, json={'id': pid, 'label': label, 'image': ''}), 400, 'empty')
+    check_error(httpx.post(url, json={'id': pid, 'label': label, 'image': b64(photos['rocket'][:len(photos['rocket']) // 2])}), 400, 'truncated')
+    check_error(httpx.post(url, json={'id': pid, 'label': label, 'image': b64(HEIC)}), 415, 'unsupported_format')
+    check_error(httpx.post(url, json={'id': pid, 'label': label, 'image': b64(b'\xff\xd8' + os.urandom(LIMIT))}), 413, 'too_large')
+    check_error(httpx.post(url, json={'id': pid, 'label': label, 'image': b64(os.urandom(2 * LIMIT))}), 413, 'too_large')  # refused unread
+    body = check_error(httpx.post(url, json={'id': pid, 'label': label, 'image': b64(photos['chelsea'])}), 422, 'image_mismatch')
+    assert str(pid) in body['detail']
+    assert logged(settings)[pid]['feedback'] is None                        # nothing was recorded by the refusals
+    assert not [r for r in read_manifest(settings.review_root) if r['sha256'] in (hashlib.sha256(photos['chelsea']).hexdigest(),)]
+
+# ---------------------------------------------------------------- a log that fails never fails an answer
+
+def test_a_broken_log_does_not_break_predict(predictor, tmp_path, photos, capfd):
+    (tmp_path / 'a-file').write_text('where the log folder should be')
+    s = Settings(max_upload_bytes=LIMIT, log_db=str(tmp_path / 'a-file' / 'predictions.sqlite'))
+    with LoopbackServer(create_app(predictor, s)) as srv:
+        for _ in range(3):
+            r = post_raw(srv.url, photos['chelsea'])
+            assert r.status_code == 200 and r.json()['id'] is None and r.json()['label'], r.text
+        items = httpx.post(f"{srv.url}/predict/batch", files=[('files', ('a.jpg', photos['coffee'], 'image/jpeg'))], timeout=60).json()
+        assert items[0]['status'] == 200 and items[0]['prediction']['id'] is None
+        check_error(httpx.post(f"{srv.url}/feedback", json={'id': 1, 'label': NOT_A_BEAR}), 503, 'log_unavailable')
+    err = [l for l in capfd.readouterr().err.splitlines() if 'prediction log' in l]
+    assert len(err) == 1 and err[0].startswith('bear-serve: cannot open the prediction log') and 'answering without logging' in err[0], err
+
+def test_logging_off(predictor, photos):
+    with LoopbackServer(create_app(predictor, Settings(max_upload_bytes=LIMIT, log_db='off'))) as srv:
+        assert httpx.get(f"{srv.url}/health").json()['logging'] is False
+        r = post_raw(srv.url, photos['chelsea'])
+        assert r.status_code == 200 and r.json()['id'] is None
+        check_error(httpx.post(f"{srv.url}/feedback", json={'id': 1, 'label': NOT_A_BEAR}), 503, 'feedback_off')
+
+def test_a_locked_log_delays_no_answer_and_loses_no_row(predictor, tmp_path, photos, capfd):
+    db = tmp_path / 'locked.sqlite'
+    with LoopbackServer(create_app(predictor, Settings(max_upload_bytes=LIMIT, log_db=str(db)))) as srv:
+        t0 = time.perf_counter(); post_raw(srv.url, photos['chelsea']).raise_for_status(); free = time.perf_counter() - t0
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute('BEGIN EXCLUSIVE')                  # another process holds the write lock
+        try:
+            t0 = time.perf_counter(); r = post_raw(srv.url, photos['chelsea']); held = time.perf_counter() - t0
+            assert r.status_code == 200 and r.json()['id'] is None   # answered without waiting for the lock
+            assert held < free + 2.0, (held, free)
+        finally: other.execute('COMMIT'); other.close()
+        for _ in range(200):                              # the row is written once the lock is free
+            if PredictionLog(db).count() == 2: break
+            time.sleep(0.05)
+        assert PredictionLog(db).count() == 2
+    assert 'prediction log' in capfd.readouterr().err
 
 # ---------------------------------------------------------------- 503: bounded queue
 
@@ -198,11 +341,16 @@ def test_503_when_the_queue_is_full_then_recovers(server, photos):
     assert post_raw(server.url, photos['chelsea']).status_code == 200
     assert pool.pending == 0
 
-def test_overload_gives_200_or_503_never_a_crash(server, photos):
+def test_overload_gives_200_or_503_never_a_crash(server, settings, photos):
+    before = len(logged(settings))
     def one(_): return post_raw(server.url, photos['astronaut']).status_code
     with ThreadPoolExecutor(12) as ex: codes = list(ex.map(one, range(24)))
     assert set(codes) <= {200, 503} and 200 in codes, codes
     assert httpx.get(f"{server.url}/health").json()['pending'] == 0
+    for _ in range(100):                  # every answer is logged, none of the refusals (rows written by now, or very soon)
+        if len(logged(settings)) - before >= codes.count(200): break
+        time.sleep(0.05)
+    assert len(logged(settings)) - before == codes.count(200)
 
 # ---------------------------------------------------------------- health and the model card
 
@@ -226,7 +374,7 @@ def test_health_is_503_loading_until_the_model_is_loaded(models_root, settings, 
         assert post_raw(srv.url, photos['chelsea']).status_code == 200
 
 def test_a_model_that_fails_to_load_is_reported(tmp_path, settings, photos):
-    s = Settings(model_dir=str(tmp_path / 'not-a-bundle'), max_upload_bytes=LIMIT)
+    s = Settings(model_dir=str(tmp_path / 'not-a-bundle'), max_upload_bytes=LIMIT, log_db='off')
     (tmp_path / 'not-a-bundle').mkdir()
     with LoopbackServer(create_app(settings=s)) as srv:
         for _ in range(600):
@@ -255,7 +403,7 @@ def test_cors_is_off_by_default_and_on_for_named_origins(predictor, server):
     r = httpx.options(f"{server.url}/predict", headers=pre)
     assert 'access-control-allow-origin' not in r.headers
     assert 'access-control-allow-origin' not in httpx.get(f"{server.url}/health", headers={'origin': 'https://app.example'}).headers
-    s = Settings(cors_origins='https://app.example', max_upload_bytes=LIMIT)
+    s = Settings(cors_origins='https://app.example', max_upload_bytes=LIMIT, log_db='off')
     with LoopbackServer(create_app(predictor, s)) as srv:
         r = httpx.options(f"{srv.url}/predict", headers=pre)
         assert r.status_code == 200 and r.headers['access-control-allow-origin'] == 'https://app.example'
@@ -268,7 +416,7 @@ def test_committed_openapi_matches_the_app(server):
     committed = json.loads((ROOT / 'openapi.json').read_text())
     assert committed == openapi_schema(), 'the API changed: run `bear-serve --openapi openapi.json` and commit it'
     assert httpx.get(f"{server.url}/openapi.json").json() == committed
-    assert set(committed['paths']) == {'/predict', '/predict/batch', '/health', '/model'}
+    assert set(committed['paths']) == {'/predict', '/predict/batch', '/feedback', '/health', '/model'}
 
 def test_schemathesis_finds_no_server_errors(server, tmp_path):
     exe = Path(sys.executable).parent / 'schemathesis'
@@ -281,16 +429,19 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
 
 # ---------------------------------------------------------------- the console command
 
-def test_bear_serve_command(models_root, photos):
-    env = {**os.environ, 'BEAR_MODELS_ROOT': str(models_root), 'BEAR_QUEUE': '3'}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / 'bear-serve'), '--port', '0', '--no-access-log', '--log-level', 'warning'],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def test_bear_serve_command(models_root, photos, tmp_path):
+    env = {**os.environ, 'BEAR_MODELS_ROOT': str(models_root), 'BEAR_QUEUE': '3', 'BEAR_REVIEW_ROOT': str(tmp_path / 'queue')}
+    env.pop('BEAR_LOG_DB', None)
+    log = tmp_path / 'served.sqlite'
+    proc = subprocess.Popen([str(Path(sys.executable).parent / 'bear-serve'), '--port', '0', '--no-access-log', '--log-level', 'warning',
+                             '--log', str(log)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline()
         m = re.search(r'listening on (http://127\.0\.0\.1:\d+)', line)
         assert m, line
         url = m.group(1)
         assert 'queue=3' in line          # read from BEAR_QUEUE
+        assert f'prediction log {log}' in line
         for _ in range(1200):
             if (h := httpx.get(f"{url}/health")).status_code == 200: break
             assert h.json()['status'] == 'loading'
@@ -298,6 +449,12 @@ def test_bear_serve_command(models_root, photos):
         assert h.status_code == 200 and h.json()['queue'] == 3
         r = post_raw(url, photos['chelsea'])
         assert r.status_code == 200 and r.json()['model']['kind'] == 'starter'
+        other = 'black' if r.json()['label'] != 'black' or not r.json()['in_domain'] else 'teddy'
+        fb = httpx.post(f"{url}/feedback", json={'id': r.json()['id'], 'label': other, 'image': base64.b64encode(photos['chelsea']).decode()})
+        assert fb.status_code == 200 and fb.json()['saved'].startswith(f'{other}/'), fb.text
+        assert (tmp_path / 'queue' / fb.json()['saved']).read_bytes() == photos['chelsea']   # BEAR_REVIEW_ROOT
+        row = PredictionLog(log).rows()[-1]
+        assert (row['id'], row['frontend'], row['feedback']) == (r.json()['id'], 'api', other)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
