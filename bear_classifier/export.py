@@ -20,12 +20,12 @@ from .core import (create_backbone, create_model, create_model_head, efficientne
                                   IMAGENET_BEAR_CLASSES, DEFAULT_BACKBONE, sha256_file, BackboneError)
 
 # %% auto #0
-__all__ = ['RESIZE_METHODS', 'GATE_INPUT', 'NAB_PREFIX', 'GATE_PREFIX', 'ONNX_OUTPUTS', 'CARD', 'CARD_SCHEMA', 'NAB_METHOD',
-           'NAB_QUANTILE', 'NAB_FLOOR', 'NAB_CEIL', 'log', 'PARITY_TOL', 'STARTER_VOCAB', 'STARTER_THRESHOLD',
-           'STARTER_SIZE', 'BundleError', 'UnsafeModelError', 'preprocessing_from_learner', 'item_transform',
-           'bear_rows', 'imagenet_classifier', 'imagenet_body', 'gate_input', 'body_is_pretrained', 'BearNet',
-           'save_net', 'load_net', 'export_onnx', 'package_versions', 'utc_now', 'read_card', 'check_file',
-           'calibrate_threshold', 'write_card', 'install_bundle', 'list_bundles', 'latest_bundle',
+__all__ = ['RESIZE_METHODS', 'GATE_INPUT', 'WISE_SHARED_MAX', 'NAB_PREFIX', 'GATE_PREFIX', 'ONNX_OUTPUTS', 'CARD', 'CARD_SCHEMA',
+           'NAB_METHOD', 'NAB_QUANTILE', 'NAB_FLOOR', 'NAB_CEIL', 'log', 'PARITY_TOL', 'STARTER_VOCAB',
+           'STARTER_THRESHOLD', 'STARTER_SIZE', 'BundleError', 'UnsafeModelError', 'preprocessing_from_learner',
+           'item_transform', 'bear_rows', 'imagenet_classifier', 'imagenet_body', 'gate_input', 'body_is_pretrained',
+           'shares_body', 'BearNet', 'save_net', 'load_net', 'export_onnx', 'package_versions', 'utc_now', 'read_card',
+           'check_file', 'calibrate_threshold', 'write_card', 'install_bundle', 'list_bundles', 'latest_bundle',
            'load_bundle_learner', 'data_hashes', 'validation_summary', 'export_bundle', 'starter_learner',
            'build_starter', 'bear_export', 'bear_starter']
 
@@ -106,6 +106,14 @@ def body_is_pretrained(model:nn.Sequential, backbone:str=DEFAULT_BACKBONE) -> bo
     ref = imagenet_body(backbone).state_dict()
     sd = model[0].state_dict()
     return sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+
+WISE_SHARED_MAX = 0.5   # WiSE-FT weights up to which a body keeps ImageNet's view of the world (measured above)
+
+def shares_body(model:nn.Sequential, config:dict|None=None, backbone:str=DEFAULT_BACKBONE) -> bool:
+    "Whether the bear score may use `model`'s own body: ImageNet's weights, or a WiSE-FT body at most `WISE_SHARED_MAX` from them"
+    if body_is_pretrained(model, backbone): return True
+    a = (config or {}).get('wise_alpha')
+    return a is not None and float(a) <= WISE_SHARED_MAX
 
 class BearNet(nn.Module):
     "`create_model`'s network plus the ImageNet bear score: returns (probs, bear_score, pooled features)"
@@ -416,7 +424,7 @@ def export_bundle(run_dir, dest='models', name:str|None=None, onnx:bool=True, n_
     except RuntimeError as e: raise BundleError(f"the run's network does not match create_model({arch}): {str(e).splitlines()[0]}") from None
     W, b = imagenet_classifier(arch['backbone'])
     rows = bear_rows(vocab)
-    gate = None if body_is_pretrained(model, arch['backbone']) else imagenet_body(arch['backbone'])
+    gate = None if shares_body(model, config, arch['backbone']) else imagenet_body(arch['backbone'])
     net = BearNet(model.eval(), W, b, rows, gate=gate).eval()
 
     split = _read_split(run_dir)
@@ -429,7 +437,7 @@ def export_bundle(run_dir, dest='models', name:str|None=None, onnx:bool=True, n_
                 vocab=vocab, architecture=arch, **pre,
                 metrics=json.loads(metrics_p.read_text()) if metrics_p.is_file() else None,
                 not_a_bear=dict(method=NAB_METHOD, imagenet_rows=rows, threshold=None,
-                                features='model body' if gate is None else 'gate: frozen ImageNet body',
+                                features=('model body' if body_is_pretrained(model, arch['backbone']) else f"model body (WiSE-FT, wise_alpha {config.get('wise_alpha')})") if gate is None else 'gate: frozen ImageNet body',
                                 gate_input=None if gate is None else gate_input(pre['input']),
                                 calibration=dict(why='in domain iff bear_score >= threshold; bear_score = log of the ImageNet '
                                                  'classifier probability mass on the rows of our labels')),

@@ -304,7 +304,20 @@ def _torch_runner(net, threads=None):
     run.net = net
     return run
 
-# %% ../nbs/06_inference.ipynb #c030
+# %% ../nbs/06_inference.ipynb #c031
+def _log_cli(pred, images, results, latency_ms, log=None):
+    "Log the successful `results` of `bear-predict` (front end 'cli'); problems are one line on stderr"
+    if log is not None and str(log).strip().lower() in ('off', 'none', 'no', 'false', '0'): return
+    try:
+        from bear_classifier.monitor import PredictionLog
+        plog = PredictionLog(log)
+        model = dict(name=pred.name, version=pred.version, kind=pred.kind)
+        for f, r in zip(images, results):
+            if isinstance(r, Prediction): plog.log(r, 'cli', model=model, image=Path(f).read_bytes(), latency_ms=latency_ms)
+        plog.close()
+    except Exception as e: print(f"bear-predict: answers not logged ({type(e).__name__}: {e})", file=sys.stderr)
+
+# %% ../nbs/06_inference.ipynb #c032
 @call_parse
 def bear_predict(
     *images:str,               # Image files to classify
@@ -312,6 +325,7 @@ def bear_predict(
     models_root:str='models',  # Folder that holds the bundles
     json:bool=False,           # Print a JSON list instead of one line per image
     backend:str='auto',        # auto, onnx or torch
+    log:str=None,              # Prediction log (default $BEAR_LOG_DB or data/predictions.sqlite); `off` logs nothing
 ):
     "Classify images with the newest model bundle: grizzly, black, teddy, or 'This does not look like a bear'"
     if not images: raise SystemExit("bear-predict: no images given; usage: bear-predict IMAGE... [--model DIR] [--json]")
@@ -319,7 +333,9 @@ def bear_predict(
     try: pred = Predictor.load(model, models_root=models_root, backend=backend)
     except (BundleError, OSError, ValueError) as e: raise SystemExit(f"bear-predict: {e}")
     print(f"model: {pred.path} ({pred.kind}, version {pred.version}, created {pred.card['created']}, backend {pred.backend})", file=sys.stderr)
+    t0 = time.perf_counter()
     res = pred.predict_batch(images)
+    _log_cli(pred, images, res, (time.perf_counter() - t0) * 1000 / max(len(images), 1), log)
     if json: print(_json.dumps([dict(file=f, **r.to_dict()) for f, r in zip(images, res)], indent=1))
     else:
         for f, r in zip(images, res): print(f"{f}: {r.sentence}" if isinstance(r, Prediction) else f"error: {r}")

@@ -183,11 +183,18 @@ def test_load_defaults(tmp_path, starter, trained):
 def test_cli(starter, tmp_path, sample_photos, capsys):
     f = tmp_path/'cat.jpg'; sample_photos['chelsea'].save(f)
     bad = tmp_path/'bad.jpg'; bad.write_bytes(b'nope')
-    bear_predict(str(f), model=str(starter))
+    log = tmp_path/'log.sqlite'
+    bear_predict(str(f), model=str(starter), log=str(log))
     out = capsys.readouterr()
     assert out.out.strip() == f"{f}: {NOT_A_BEAR}" and 'starter' in out.err
-    with pytest.raises(SystemExit) as e: bear_predict(str(f), str(bad), model=str(starter), json=True)
+    with pytest.raises(SystemExit) as e: bear_predict(str(f), str(bad), model=str(starter), json=True, log=str(log))
     assert e.value.code == 1
     res = json.loads(capsys.readouterr().out)
     assert res[0]['file'] == str(f) and res[0]['in_domain'] is False and res[1]['error'] == 'not_an_image'
+    from bear_classifier.monitor import PredictionLog
+    rows = PredictionLog(log).rows()       # both good answers logged, the bad file not
+    assert [(r['frontend'], r['in_domain'], r['model_kind']) for r in rows] == [('cli', 0, 'starter')] * 2
+    bear_predict(str(f), model=str(starter), log=str(f/'under_a_file.sqlite'))   # a broken log costs no answer
+    out = capsys.readouterr()
+    assert out.out.strip() == f"{f}: {NOT_A_BEAR}" and 'bear-predict: answers not logged' in out.err
     with pytest.raises(SystemExit, match='bear-predict: .*not a model bundle'): bear_predict(str(f), model=str(tmp_path))
