@@ -34,10 +34,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not browser"
 
-## also the cells and tests flagged slow (real training runs)
+## the notebooks with their cells flagged slow too (real training runs, full replays)
 test-slow: install
 	$(BIN)/nbdev-test --flags slow --do-print
-	$(BIN)/python -m pytest -m slow --runslow
 
 ## notebooks -> modules, then strip outputs/metadata (run before every commit)
 export: install
