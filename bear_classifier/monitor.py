@@ -44,11 +44,11 @@ NOT_A_BEAR = 'not_a_bear'
 def utcnow() -> str: return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
 
 def default_db() -> Path:
-    "The log's path: `$BEAR_LOG_DB`, else `data/predictions.sqlite` in the checkout (as the page and the service use)"
-    if os.environ.get('BEAR_LOG_DB'): return Path(os.environ['BEAR_LOG_DB']).expanduser()
-    here = Path.cwd().resolve()
-    root = next((d for d in (here, *here.parents) if (d/'nbs'/'app.ipynb').exists()), here)
-    return root/'data'/'predictions.sqlite'
+    "The log's path: `$BEAR_LOG_DB`, else `data/predictions.sqlite` in the checkout: the page's own rule, so every front end finds one file"
+    from bear_classifier.app import page_log_path    # imported here: app imports this module
+    p = page_log_path()
+    if p is None: raise ValueError('the prediction log is switched off ($BEAR_LOG_DB=off); pass a path')
+    return p
 
 # %% ../nbs/10_monitor.ipynb #c007
 def _retry(fn, tries:int=12, base:float=0.01):
@@ -134,15 +134,14 @@ class PredictionLog:
 
 # %% ../nbs/10_monitor.ipynb #c010
 def _manifest_row(path:Path, root:Path, label:str, image:bytes) -> dict:
+    "The review queue's manifest row for `image`, hashed the way `collect` hashes every image"
     from PIL import Image
     import io
+    from bear_classifier.collect import phash_hex, now_utc
     im = Image.open(io.BytesIO(image))
-    try:
-        import imagehash; ph = str(imagehash.phash(im))
-    except Exception: ph = ''
     return dict(file=path.relative_to(root).as_posix(), label=label, source='feedback', query='', url='',
-                sha256=hashlib.sha256(image).hexdigest(), phash=ph, width=im.width, height=im.height,
-                status='ok', reason='', timestamp=utcnow())
+                sha256=hashlib.sha256(image).hexdigest(), phash=phash_hex(im), width=im.width, height=im.height,
+                status='ok', reason='', timestamp=now_utc())
 
 def _add_feedback(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, reviewer:bool=False) -> Path|None:
     "Record the right `label` for prediction `pred_id`; a correction saves `image` into the review queue"
