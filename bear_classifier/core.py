@@ -6,7 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/core.html.md"""
 
 # %% ../nbs/01_core.ipynb #c003
 from __future__ import annotations
-import importlib, socket
+import functools, importlib, socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,8 +27,8 @@ from .files import atomic_path, cache_dir, sha256_file
 __all__ = ['BACKBONES', 'DEFAULT_BACKBONE', 'LITE_STATS', 'ARCHS', 'HEADS', 'IMAGENET_BEAR_CLASSES', 'BackboneError',
            'source_checkpoint', 'map_checkpoint', 'imagenet_weights', 'create_backbone', 'efficientnet_lite0',
            'efficientnet_lite1', 'efficientnet_lite2', 'pretrained_arch', 'create_model_head', 'create_model',
-           'imagenet_classes', 'imagenet_preprocess', 'imagenet_topk', 'NetworkBlocked', 'block_network',
-           'bear_backbone']
+           'package_photos', 'imagenet_classes', 'imagenet_preprocess', 'imagenet_topk', 'package_versions',
+           'NetworkBlocked', 'block_network', 'bear_backbone']
 
 # %% ../nbs/01_core.ipynb #c006
 BACKBONES = {
@@ -132,6 +132,20 @@ def create_model(backbone:str=DEFAULT_BACKBONE, n_out:int=3, head:str='fastai', 
     return nn.Sequential(body, create_model_head(head, num_features_model(body), n_out, ps))
 
 # %% ../nbs/01_core.ipynb #c030
+@functools.cache
+def _package_arrays() -> dict:
+    from skimage import data as sk
+    from sklearn.datasets import load_sample_images
+    out = {n: getattr(sk, n)() for n in ('chelsea', 'coffee', 'astronaut', 'rocket')}
+    out.update(zip(('china', 'flower'), load_sample_images().images))
+    return out
+
+def package_photos() -> dict:
+    "The real photos shipped with scikit-image and scikit-learn, as fresh RGB PIL images by name (none is a bear)"
+    from PIL import Image
+    return {n: Image.fromarray(a).convert('RGB') for n, a in _package_arrays().items()}
+
+# %% ../nbs/01_core.ipynb #c033
 IMAGENET_BEAR_CLASSES = {'grizzly': [294], 'black': [295], 'teddy': [850]}  # brown bear, American black bear, teddy
 
 def imagenet_classes() -> list[str]:
@@ -140,7 +154,7 @@ def imagenet_classes() -> list[str]:
     info = ImageNetInfo()
     return [info.index_to_description(i).split(',')[0] for i in range(1000)]
 
-# %% ../nbs/01_core.ipynb #c032
+# %% ../nbs/01_core.ipynb #c035
 def imagenet_preprocess(img, size:int=224, crop_pct:float=0.875) -> torch.Tensor:
     "A PIL image as a normalised (1,3,size,size) tensor, timm's evaluation transform for the Lite weights"
     from torchvision.transforms import v2 as T
@@ -148,7 +162,7 @@ def imagenet_preprocess(img, size:int=224, crop_pct:float=0.875) -> torch.Tensor
                      T.CenterCrop(size), T.ToDtype(torch.float32, scale=True), T.Normalize(*LITE_STATS)])
     return tfm(img.convert('RGB'))[None]
 
-# %% ../nbs/01_core.ipynb #c034
+# %% ../nbs/01_core.ipynb #c037
 @torch.inference_mode()
 def imagenet_topk(model:nn.Module, img, k:int=5) -> list[tuple[int,str,float]]:
     "Top-`k` ImageNet classes (index, name, probability) of a PIL image"
@@ -157,7 +171,18 @@ def imagenet_topk(model:nn.Module, img, k:int=5) -> list[tuple[int,str,float]]:
     names = imagenet_classes()
     return [(int(j), names[j], float(q)) for q, j in zip(p, i)]
 
-# %% ../nbs/01_core.ipynb #c039
+# %% ../nbs/01_core.ipynb #c042
+def package_versions() -> dict:
+    "Versions of the packages that decide what a model computes (None for one that is not installed)"
+    import platform
+    from importlib.metadata import version, PackageNotFoundError
+    out = {'python': platform.python_version()}
+    for p in ('bear_classifier', 'torch', 'torchvision', 'fastai', 'timm', 'pillow', 'safetensors', 'onnx', 'onnxruntime', 'numpy'):
+        try: out[p] = version(p)
+        except PackageNotFoundError: out[p] = None
+    return out
+
+# %% ../nbs/01_core.ipynb #c045
 class NetworkBlocked(OSError):
     "Raised by any connection attempt inside `block_network`"
 
@@ -171,7 +196,7 @@ def block_network():
     try: yield
     finally: socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved
 
-# %% ../nbs/01_core.ipynb #c042
+# %% ../nbs/01_core.ipynb #c048
 @call_parse
 def bear_backbone(
     name:str=DEFAULT_BACKBONE, # Backbone: lite0, lite1 or lite2

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['MAX_IMAGE_BYTES', 'MAX_IMAGE_PIXELS', 'ALLOWED_FORMATS', 'ERROR_CODES', 'ImageError', 'sniff_format', 'image_size',
-           'shrink', 'decode_bytes', 'decode_file', 'encode_jpeg', 'decode_image']
+           'image_format', 'shrink', 'decode_bytes', 'decode_file', 'encode_jpeg', 'decode_image']
 
 # %% ../nbs/02_images.ipynb #c006
 MAX_IMAGE_BYTES = 20 * 2**20
@@ -108,6 +108,14 @@ def image_size(b:bytes, name=None) -> tuple[int, int]:
         return _open(b, name).size
 
 # %% ../nbs/02_images.ipynb #c020
+def image_format(b:bytes, name=None) -> str:
+    "Pillow's format name ('JPEG', 'PNG', ...) from the header of image bytes `b`, decoding no pixels"
+    _check_bytes(len(b), len(b) or 1, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        return _open(b, name).format
+
+# %% ../nbs/02_images.ipynb #c023
 def _load(im:Image.Image, name=None, max_side:int|None=None, draft:bool=True) -> Image.Image:
     "Decode the pixels of the lazy image `im` (the first frame), at reduced JPEG scale when `draft` and `max_side`"
     try:
@@ -123,7 +131,7 @@ def _load(im:Image.Image, name=None, max_side:int|None=None, draft:bool=True) ->
         raise ImageError('truncated', f"the image is truncated or corrupt ({msg.splitlines()[0] if msg else type(e).__name__}); "
                          "upload the complete file again", name) from None
 
-# %% ../nbs/02_images.ipynb #c022
+# %% ../nbs/02_images.ipynb #c025
 def _to_rgb(im:Image.Image) -> Image.Image:
     "RGB version of a decoded image: 16-bit scaled, alpha composited on white"
     if im.mode == 'RGB': return im
@@ -140,7 +148,7 @@ def _to_rgb(im:Image.Image) -> Image.Image:
         return bg
     return im.convert('RGB')
 
-# %% ../nbs/02_images.ipynb #c024
+# %% ../nbs/02_images.ipynb #c027
 def _normalise(im:Image.Image, name=None) -> Image.Image:
     "Upright (EXIF orientation applied) RGB version of a loaded image"
     try: im = ImageOps.exif_transpose(im)
@@ -149,14 +157,14 @@ def _normalise(im:Image.Image, name=None) -> Image.Image:
     except Exception as e:
         raise ImageError('unsupported_format', f"{im.mode} images cannot be converted to RGB ({e})", name) from None
 
-# %% ../nbs/02_images.ipynb #c026
+# %% ../nbs/02_images.ipynb #c029
 def shrink(im:Image.Image, max_side:int|None) -> Image.Image:
     "`im` scaled down (Lanczos) so that its longer side is at most `max_side`; unchanged when smaller or `max_side` is None"
     if max_side and max(im.size) > max_side:
         im = im.copy(); im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return im
 
-# %% ../nbs/02_images.ipynb #c029
+# %% ../nbs/02_images.ipynb #c032
 def decode_bytes(b:bytes, name:str|None=None, max_bytes:int|None=None, max_pixels:int|None=None,
                  max_side:int|None=None, draft:bool=True) -> Image.Image:
     "Decode image bytes to an upright RGB PIL image (no longer side than `max_side`, if given), or raise `ImageError`"
@@ -168,7 +176,7 @@ def decode_bytes(b:bytes, name:str|None=None, max_bytes:int|None=None, max_pixel
         im = _load(im, name, max_side, draft)
     return shrink(_normalise(im, name), max_side)
 
-# %% ../nbs/02_images.ipynb #c031
+# %% ../nbs/02_images.ipynb #c034
 def decode_file(path, max_bytes:int|None=None, **kwargs) -> Image.Image:
     "`decode_bytes` of the file at `path` (its name in error messages); a missing file is `not_an_image`"
     p = Path(path)
@@ -176,12 +184,12 @@ def decode_file(path, max_bytes:int|None=None, **kwargs) -> Image.Image:
     _check_bytes(p.stat().st_size, max_bytes, str(path))
     return decode_bytes(p.read_bytes(), str(path), max_bytes, **kwargs)
 
-# %% ../nbs/02_images.ipynb #c033
+# %% ../nbs/02_images.ipynb #c036
 def encode_jpeg(im:Image.Image, quality:int=90) -> bytes:
     "JPEG bytes of `im` (deterministic for the same pixels, so equal images hash equal)"
     b = io.BytesIO(); im.convert('RGB').save(b, 'JPEG', quality=quality, optimize=True); return b.getvalue()
 
-# %% ../nbs/02_images.ipynb #c036
+# %% ../nbs/02_images.ipynb #c039
 def _source(x):
     "(bytes or PIL image, name) for any accepted input"
     if isinstance(x, (tuple, list)):
@@ -198,7 +206,7 @@ def _source(x):
         return Path(x), str(x)
     raise TypeError(f"cannot read an image from {type(x).__name__}: pass a path, bytes, a PIL image, an array or a FileUpload value")
 
-# %% ../nbs/02_images.ipynb #c037
+# %% ../nbs/02_images.ipynb #c040
 def decode_image(x) -> Image.Image:
     "An RGB PIL image from a path, bytes, PIL image, HxWxC uint8 array, or ipywidgets `FileUpload` value; or `ImageError`"
     src, name = _source(x)

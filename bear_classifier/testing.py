@@ -36,24 +36,17 @@ def require_shared_data(*parts) -> Path:
     return p
 
 # %% ../nbs/17_testing.ipynb #c009
-@cache
-def _photo_arrays() -> dict:
-    from skimage import data as sk
-    from sklearn.datasets import load_sample_images
-    out = {n: getattr(sk, n)() for n in ('chelsea', 'coffee', 'astronaut', 'rocket')}
-    out.update(zip(('china', 'flower'), load_sample_images().images))
-    return out
-
 def sample_photos() -> dict:
-    "Real photos shipped with scikit-image/scikit-learn, as fresh RGB PIL images by name"
-    return {n: Image.fromarray(a).convert('RGB') for n, a in _photo_arrays().items()}
+    "Real photos shipped with scikit-image/scikit-learn, as fresh RGB PIL images by name (`core.package_photos`)"
+    from bear_classifier.core import package_photos
+    return package_photos()
 
 # %% ../nbs/17_testing.ipynb #c012
 def photo_dataset(dest, n:int=6, size:int=160) -> Path:
     "A tiny two-label dataset (`cat`, `coffee`) of crops of scikit-image photos, for examples and tests"
     import numpy as np
-    dest, arrs = Path(dest), _photo_arrays()
-    for label, arr in [('cat', arrs['chelsea']), ('coffee', arrs['coffee'])]:
+    dest, photos = Path(dest), sample_photos()
+    for label, arr in [('cat', np.asarray(photos['chelsea'])), ('coffee', np.asarray(photos['coffee']))]:
         (dest/label).mkdir(parents=True, exist_ok=True)
         h, w = arr.shape[:2]
         for i in range(n):
