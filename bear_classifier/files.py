@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TRUE_WORDS', 'FALSE_WORDS', 'OFF_WORDS', 'ENV_PREFIX', 'atomic_path', 'atomic_write', 'temp_dir', 'sha256_bytes',
-           'sha256_file', 'utc_now', 'utc_stamp', 'parse_utc', 'SettingsError', 'str2bool', 'is_off', 'project_root',
-           'Settings', 'settings_table', 'cache_dir', 'models_root', 'log_path', 'review_dir', 'shared_data_dir',
-           'settings', 'one_line']
+__all__ = ['TRUE_WORDS', 'FALSE_WORDS', 'OFF_WORDS', 'ENV_PREFIX', 'atomic_path', 'atomic_write', 'temp_dir', 'replace_dir',
+           'remove_stale_temps', 'sha256_bytes', 'sha256_file', 'utc_now', 'utc_stamp', 'parse_utc', 'SettingsError',
+           'str2bool', 'is_off', 'project_root', 'Settings', 'settings_table', 'cache_dir', 'models_root', 'log_path',
+           'review_dir', 'shared_data_dir', 'settings', 'one_line']
 
 # %% ../nbs/00_files.ipynb #c006
 def _fsync_dir(folder:Path):
@@ -66,6 +66,49 @@ def temp_dir(parent, prefix:str='build'):
         raise
 
 # %% ../nbs/00_files.ipynb #c016
+def _exchange(a:Path, b:Path) -> bool:
+    "Atomically swap paths `a` and `b` (Linux renameat2 RENAME_EXCHANGE); False where unsupported"
+    import ctypes
+    fn = getattr(ctypes.CDLL(None, use_errno=True), 'renameat2', None)
+    if fn is None: return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0: return True
+    err = ctypes.get_errno()
+    if err in (38, 22, 95): return False          # ENOSYS, EINVAL, EOPNOTSUPP: this file system cannot
+    raise OSError(err, os.strerror(err), str(b))
+
+# %% ../nbs/00_files.ipynb #c017
+def replace_dir(src, dest) -> Path:
+    "Move folder `src` onto `dest`; where `dest` exists, readers see the old or the new folder at every instant"
+    src, dest = Path(src), Path(dest)
+    if not dest.exists(): os.replace(src, dest)
+    elif _exchange(src, dest): shutil.rmtree(src)           # `src` now holds the old folder
+    else:
+        aside = dest.with_name(f'.tmp-old-{dest.name}-{os.getpid()}')
+        os.replace(dest, aside)
+        try: os.replace(src, dest)
+        except BaseException:
+            os.replace(aside, dest); raise
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(dest.parent)
+    return dest
+
+# %% ../nbs/00_files.ipynb #c020
+def remove_stale_temps(folder, min_age_s:float=3600) -> list[Path]:
+    "Remove `.tmp-*` folders and `.*.tmp` files in `folder` last modified over `min_age_s` ago; returns what was removed"
+    import time
+    folder, now, gone = Path(folder), time.time(), []
+    if not folder.is_dir(): return gone
+    for p in folder.iterdir():
+        if not (p.name.startswith('.tmp-') or (p.name.startswith('.') and p.name.endswith('.tmp'))): continue
+        try:
+            if now - p.lstat().st_mtime < min_age_s: continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            gone.append(p)
+        except FileNotFoundError: pass
+    return gone
+
+# %% ../nbs/00_files.ipynb #c023
 def sha256_bytes(data:bytes) -> str:
     "Hex sha256 of `data`"
     return hashlib.sha256(data).hexdigest()
@@ -77,7 +120,7 @@ def sha256_file(path, chunk:int=1<<20) -> str:
         while b := f.read(chunk): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/00_files.ipynb #c019
+# %% ../nbs/00_files.ipynb #c026
 def utc_now(now:datetime|None=None) -> str:
     "The time `now` (default: this instant) as ISO-8601 UTC with milliseconds, e.g. `2026-12-01T21:26:49.123Z`"
     now = now or datetime.now(timezone.utc)
@@ -87,13 +130,13 @@ def utc_stamp(now:datetime|None=None) -> str:
     "The time as a compact name for folders and files, e.g. `20261201T212649Z`"
     return (now or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime('%Y%m%dT%H%M%SZ')
 
-# %% ../nbs/00_files.ipynb #c022
+# %% ../nbs/00_files.ipynb #c029
 def parse_utc(s:str) -> datetime:
     "A UTC `datetime` from an ISO-8601 string (`Z` or an offset; a naive time is taken as UTC)"
     d = datetime.fromisoformat(s.strip().replace('Z', '+00:00'))
     return d.replace(tzinfo=timezone.utc) if d.tzinfo is None else d.astimezone(timezone.utc)
 
-# %% ../nbs/00_files.ipynb #c025
+# %% ../nbs/00_files.ipynb #c032
 class SettingsError(ValueError):
     "A setting (flag or environment variable) has a value that cannot be used"
 
@@ -107,14 +150,14 @@ def str2bool(v, name:str='value') -> bool:
     if s in FALSE_WORDS: return False
     raise SettingsError(f"{name} must be one of yes/no, true/false, on/off, 1/0; got {v!r}")
 
-# %% ../nbs/00_files.ipynb #c027
+# %% ../nbs/00_files.ipynb #c034
 OFF_WORDS = ('off', 'none', 'no', 'false', '0')
 
 def is_off(v) -> bool:
     "Whether a path-or-off setting such as `--log` says off"
     return v is not None and str(v).strip().lower() in OFF_WORDS
 
-# %% ../nbs/00_files.ipynb #c030
+# %% ../nbs/00_files.ipynb #c037
 def project_root(start=None) -> Path:
     "The checkout holding `start` (default: the working directory): the folder with `pyproject.toml` and `nbs/app.ipynb`; else `start`"
     start = Path(start or Path.cwd()).resolve()
@@ -122,7 +165,7 @@ def project_root(start=None) -> Path:
         if (d/'pyproject.toml').is_file() and (d/'nbs'/'app.ipynb').is_file(): return d
     return start
 
-# %% ../nbs/00_files.ipynb #c033
+# %% ../nbs/00_files.ipynb #c040
 ENV_PREFIX = 'BEAR_'
 _INT_FIELDS = {'port', 'max_upload_bytes', 'max_batch', 'workers', 'queue', 'threads'}
 _BOOL_FIELDS = {'review_mode', 'keep_images'}
@@ -134,7 +177,7 @@ def _from_text(name:str, var:str, value:str):
     try: return int(value.replace('_', ''))
     except ValueError: raise SettingsError(f"{var} must be a whole number, got {value!r}") from None
 
-# %% ../nbs/00_files.ipynb #c035
+# %% ../nbs/00_files.ipynb #c042
 def _need(ok:bool, msg:str):
     if not ok: raise SettingsError(msg)
 
@@ -153,7 +196,7 @@ def _origins(v) -> tuple:
     "'https://a.example/, https://b.example' -> ('https://a.example', 'https://b.example')"
     return tuple(o.strip().rstrip('/') for o in v.split(',') if o.strip()) if isinstance(v, str) else tuple(v)
 
-# %% ../nbs/00_files.ipynb #c038
+# %% ../nbs/00_files.ipynb #c045
 @dataclass(frozen=True)
 class Settings:
     "Every setting of bear_classifier; `Settings.from_env()` reads each from `BEAR_<FIELD>`"
@@ -191,7 +234,7 @@ class Settings:
             if v: kw[n] = _from_text(n, ENV_PREFIX + n.upper(), v)
         return cls(**kw)
 
-# %% ../nbs/00_files.ipynb #c041
+# %% ../nbs/00_files.ipynb #c048
 def settings_table() -> str:
     "A Markdown table of every setting: variable, default, meaning (the documentation of each field)"
     rows = ['| variable | default | what |', '|---|---|---|']
@@ -199,7 +242,7 @@ def settings_table() -> str:
         rows.append(f"| `{ENV_PREFIX}{f.name.upper()}` | `{f.default!r}` | {f.metadata['doc']} |")
     return '\n'.join(rows)
 
-# %% ../nbs/00_files.ipynb #c044
+# %% ../nbs/00_files.ipynb #c051
 def cache_dir(s:Settings|None=None) -> Path:
     "The cache folder (created): `BEAR_CACHE`, else `~/.cache/bear_classifier`"
     s = s or settings()
@@ -212,7 +255,7 @@ def models_root(s:Settings|None=None) -> Path:
     s = s or settings()
     return Path(s.models).expanduser() if s.models else project_root()/'models'
 
-# %% ../nbs/00_files.ipynb #c046
+# %% ../nbs/00_files.ipynb #c053
 def log_path(s:Settings|None=None) -> Path|None:
     "The prediction log's absolute path: `BEAR_LOG_DB`, else `data/predictions.sqlite` in the project; None when off"
     s = s or settings()
@@ -231,12 +274,12 @@ def shared_data_dir(s:Settings|None=None) -> Path:
     s = s or settings()
     return Path(s.shared_data).expanduser() if s.shared_data else project_root().parent/'shared'/'data'
 
-# %% ../nbs/00_files.ipynb #c049
+# %% ../nbs/00_files.ipynb #c056
 def settings(**overrides) -> Settings:
     "The settings in force now: `BEAR_*` variables, with non-None `overrides` on top"
     return Settings.from_env(**overrides)
 
-# %% ../nbs/00_files.ipynb #c052
+# %% ../nbs/00_files.ipynb #c059
 def one_line(e:BaseException) -> str:
     "The first line of `str(e)`, or the exception's type name when it has no message"
     return (str(e).strip().splitlines() or [type(e).__name__])[0]

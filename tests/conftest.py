@@ -1,10 +1,9 @@
-"Shared fixtures: the reference images beside the checkout, real photos, and the slow flag."
-import os
+"Shared fixtures: the reference images beside the checkout, real photos, and the slow flag (all from bear_classifier.testing)."
 from pathlib import Path
 import pytest
+from bear_classifier import testing
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
 
 def pytest_addoption(parser):
     parser.addoption('--runslow', action='store_true', default=False, help='also run tests marked slow')
@@ -21,17 +20,9 @@ def root(): return ROOT
 @pytest.fixture(scope='session')
 def shared_data():
     "../shared/data (reference photos): skipped with a clear reason where a checkout has none"
-    if not (SHARED_DATA/'bears').is_dir():
-        pytest.skip(f'reference images not found at {SHARED_DATA} (a fresh clone has no ../shared/data)')
-    return SHARED_DATA
+    return testing.require_shared_data('bears').parent
 
 @pytest.fixture(scope='session')
 def sample_photos():
     "Real photos that ship inside scikit-image and scikit-learn, as PIL images by name"
-    from PIL import Image
-    from skimage import data as sk
-    from sklearn.datasets import load_sample_images
-    photos = {n: Image.fromarray(getattr(sk, n)()) for n in ('chelsea', 'coffee', 'astronaut', 'rocket')}
-    china, flower = load_sample_images().images
-    photos.update(china=Image.fromarray(china), flower=Image.fromarray(flower))
-    return photos
+    return testing.sample_photos()
