@@ -3,7 +3,7 @@
 
     python bench/collect.py [--latency 0.05] [--n-web 48]
 
-1. decode + verify + shrink (`load_image_bytes`) on camera-sized JPEGs (4000x3000, made from the
+1. decode + verify + shrink (`images.decode_bytes`, as collect calls it) on camera-sized JPEGs (4000x3000, made from the
    photos that ship with scikit-image/scikit-learn): Pillow's JPEG `draft` mode (decode at a
    reduced DCT scale) against decoding at full size, with the pixel difference of the results;
 2. downloads over loopback from a server that answers each request after `--latency` seconds
@@ -12,26 +12,18 @@
 Prints a table and writes bench/results/collect.json. Compare rows only within one run: the
 machine is shared and timings swing.
 """
-import argparse, json, os, platform, sys, tempfile, time
-from datetime import datetime, timezone
+import argparse, json, os, platform, tempfile, time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from bear_classifier.collect import collect_images
+from bear_classifier.download import SearchSource
+from bear_classifier.files import atomic_write, utc_now
+from bear_classifier.images import decode_bytes
+from bear_classifier.testing import WebServer, image_bytes, sample_photos, shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT/'tests'))
-from _webfixtures import LoopbackServer, image_bytes      # noqa: E402
-from bear_classifier.collect import SearchSource, collect_images, load_image_bytes   # noqa: E402
-
-SHARED = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
-
-
-def sample_photos():
-    from skimage import data as sk
-    from sklearn.datasets import load_sample_images
-    ims = [Image.fromarray(getattr(sk, n)()).convert('RGB') for n in ('chelsea', 'coffee', 'astronaut', 'rocket')]
-    return ims + [Image.fromarray(a) for a in load_sample_images().images]
 
 
 def bench_decode(photos, reps=2):
@@ -40,7 +32,7 @@ def bench_decode(photos, reps=2):
     for draft in (True, False):
         t = time.perf_counter()
         for _ in range(reps):
-            res = [load_image_bytes(b, max_side=400, draft=draft) for b in big]
+            res = [decode_bytes(b, max_side=400, draft=draft) for b in big]
         out[draft] = ((time.perf_counter() - t) / (reps * len(big)), res)
     diff = np.mean([np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean()
                     for a, b in zip(out[True][1], out[False][1])])
@@ -50,7 +42,7 @@ def bench_decode(photos, reps=2):
 
 def bench_web(photos, n, latency):
     rows = {}
-    with LoopbackServer() as web:
+    with WebServer() as web:
         for w in (1, 8):
             urls = [web.add(f'/w{w}/{i}.jpg', image_bytes(photos[i % len(photos)], size=300 + 7 * i), delay=latency)
                     for i in range(n)]
@@ -64,8 +56,8 @@ def bench_web(photos, n, latency):
 
 
 def bench_folder():
-    bears = SHARED/'bears'
-    if not bears.is_dir(): return None
+    bears = shared_data('bears')
+    if bears is None: return None
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         res = collect_images(dest=Path(d), source=f'folder:{bears}', progress=False)
@@ -80,7 +72,7 @@ def main():
     ap.add_argument('--latency', type=float, default=0.05)
     ap.add_argument('--n-web', type=int, default=48)
     a = ap.parse_args()
-    photos = sample_photos()
+    photos = list(sample_photos().values())
     dec, web, folder = bench_decode(photos), bench_web(photos, a.n_web, a.latency), bench_folder()
     print(f"decode+verify+shrink of {dec['images']} 4000x3000 JPEGs to 400 px: draft {dec['ms_draft']:.0f} ms/image, "
           f"full {dec['ms_full']:.0f} ms/image ({dec['speedup']:.1f}x), mean |pixel diff| {dec['mean_abs_pixel_diff']:.2f}/255")
@@ -93,10 +85,8 @@ def main():
               f"failed {folder['failed']}, conflicts {folder['conflicts']}")
     else: print('folder import: ../shared/data/bears not found, skipped')
     out = ROOT/'bench'/'results'/'collect.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(dict(when=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-                                   machine=f'{platform.machine()} {os.cpu_count()} cpus', decode=dec,
-                                   web=list(web.values()), folder=folder, latency_s=a.latency), indent=1))
+    atomic_write(out, json.dumps(dict(when=utc_now(), machine=f'{platform.machine()} {os.cpu_count()} cpus', decode=dec,
+                                      web=list(web.values()), folder=folder, latency_s=a.latency), indent=1))
     print(f'wrote {out.relative_to(ROOT)}')
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bear_classifier import collect
-from bear_classifier.collect import (MANIFEST_COLUMNS, CollectError, SearchSource, append_manifest, bear_collect,
-                                     collect_images, read_manifest, usable_files)
-from _webfixtures import LoopbackServer, closed_port_url, image_bytes, png_bomb
+from bear_classifier import download
+from bear_classifier.collect import bear_collect, collect_images
+from bear_classifier.download import DEFAULT_QUERIES, CollectError, SearchSource
+from bear_classifier.files import sha256_file
+from bear_classifier.manifest import MANIFEST_COLUMNS, append_manifest, last_rows, read_manifest, usable_files
+from bear_classifier.testing import WebServer, closed_port_url, image_bytes, png_bomb
 
 TIMEOUT = 1.0          # per-download budget in these tests (the slow routes take 3 s)
 MAX_BYTES = 2_000_000
@@ -24,7 +26,7 @@ LIMITS = dict(timeout=TIMEOUT, max_bytes=MAX_BYTES, max_redirects=3, progress=Fa
 def web(sample_photos):
     "Real photos at several sizes and formats, plus 404/500/HTML/truncated/empty/bomb/slow/loop/too-large routes"
     p = sample_photos
-    with LoopbackServer() as s:
+    with WebServer() as s:
         chelsea = image_bytes(p['chelsea'], quality=90)
         astronaut = image_bytes(p['astronaut'], size=512)
         exif = Image.Exif(); exif[0x0112] = 6          # "rotate 90 degrees clockwise to display"
@@ -68,7 +70,7 @@ def web(sample_photos):
 
 def fake_search(web, calls=None):
     "Stands in for the ddgs call: the loopback URLs for each query"
-    by_query = {collect.DEFAULT_QUERIES[l]: u for l, u in web.urls.items()}
+    by_query = {DEFAULT_QUERIES[l]: u for l, u in web.urls.items()}
     def search(query, max_results):
         if calls is not None: calls.append(query)
         return by_query[query][:max_results]
@@ -112,7 +114,7 @@ def test_collect_from_search(web, tmp_path):
     astro_black = next(r['file'] for r in rows if r['url'].endswith('/b/astronaut-512.jpg'))
     astro_teddy = next(r for r in rows if r['url'].endswith('/t/astronaut-300.png'))
     assert astro_teddy['status'] == 'ok' and astro_teddy['reason'] == f'conflict_with:{astro_black}'
-    last = collect.last_rows(dest)
+    last = last_rows(dest)
     assert last[astro_black]['reason'] == f"conflict_with:{astro_teddy['file']}"
     assert last[chelsea]['reason'].startswith('conflict_with:teddy/')
     assert 'cross-label near-duplicate' in str(res)
@@ -126,7 +128,7 @@ def test_collect_from_search(web, tmp_path):
             assert im.format == 'JPEG' and im.mode == 'RGB' and max(im.size) <= 400
         r = last[f.relative_to(dest).as_posix()]
         assert (int(r['width']), int(r['height'])) == Image.open(f).size
-        assert collect.hashlib.sha256(f.read_bytes()).hexdigest() == r['sha256']
+        assert sha256_file(f) == r['sha256']
     sideways = by_url[web.url('/t/flower-sideways.jpg')]
     assert int(sideways['height']) > int(sideways['width'])      # EXIF orientation applied
     assert [p for p in dest.rglob('*') if p.name.startswith('.') or p.suffix in ('.part', '.tmp')] == []
@@ -158,13 +160,13 @@ def test_interrupted_run_leaves_no_partial_file_and_resumes(web, tmp_path, monke
         n.append(b)
         if len(n) == 3: raise KeyboardInterrupt     # Ctrl-C just before the third file is renamed into place
         return real_replace(a, b)
-    monkeypatch.setattr(collect.os, 'replace', replace_then_interrupt)
+    monkeypatch.setattr(os, 'replace', replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         collect_images(dest=dest, source=SearchSource(search=fake_search(web), pause=0), **LIMITS)
-    monkeypatch.setattr(collect.os, 'replace', real_replace)
+    monkeypatch.setattr(os, 'replace', real_replace)
     assert [p for p in dest.rglob('*') if p.name.startswith('.')] == []
     on_disk = sorted(p.relative_to(dest).as_posix() for p in dest.glob('*/*.jpg'))
-    assert on_disk == sorted(collect.last_rows(dest)) and len(on_disk) == 2
+    assert on_disk == sorted(last_rows(dest)) and len(on_disk) == 2
     res = collect_images(dest=dest, source=SearchSource(search=fake_search(web), pause=0), **LIMITS)
     assert len(usable_files(dest)) == 9
     assert res.totals()['kept'] == 7
@@ -174,7 +176,7 @@ def test_search_offline_is_one_clear_line(tmp_path, monkeypatch):
     from ddgs.exceptions import DDGSException
     def offline(query, max_results):
         raise DDGSException("DNSError: error sending request for url (https://www.bing.com/images/async?q=grizzly+bear)")
-    monkeypatch.setattr(collect, 'ddgs_image_search', offline)
+    monkeypatch.setattr(download, 'ddgs_image_search', offline)
     with pytest.raises(SystemExit) as e:
         bear_collect(dest=str(tmp_path/'bears'), quiet=True)
     assert str(e.value) == ("bear-collect: web search unreachable (no network?); "
@@ -217,7 +219,7 @@ def test_cli_with_url_list(web, tmp_path):
 
 
 def test_concurrent_appends_from_processes(tmp_path):
-    code = ("import sys; from bear_classifier.collect import append_manifest\n"
+    code = ("import sys; from bear_classifier.manifest import append_manifest\n"
             "for i in range(50): append_manifest(sys.argv[1], [dict(file=f'x/{sys.argv[2]}-{i}-{j}.jpg', label='x', "
             "source='folder', status='ok', reason='a,b \"quoted\"') for j in range(3)])")
     procs = [subprocess.Popen([sys.executable, '-c', code, str(tmp_path), str(k)]) for k in range(4)]
