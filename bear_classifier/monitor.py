@@ -1,4 +1,4 @@
-"""What happens after deployment: every answer logged, drift detected, corrections fed back into the data.
+"""What happens after deployment: the prediction log compared with what the model saw on its validation set, and an alarm when the world has moved.
 
 Docs: https://bear-classifier.github.io/bear_classifier/monitor.html.md"""
 
@@ -6,193 +6,57 @@ Docs: https://bear-classifier.github.io/bear_classifier/monitor.html.md"""
 
 # %% ../nbs/13_monitor.ipynb #c003
 from __future__ import annotations
-import hashlib, json, math, os, random, sqlite3, sys, tempfile, time
+import math, sys, time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from fastcore.basics import patch
 from fastcore.script import call_parse
 
+from .files import atomic_path, atomic_write, log_path, models_root, utc_now
+from .predlog import NOT_A_BEAR, PredictionLog, row_answer
+
 # %% auto #0
-__all__ = ['SCHEMA', 'NOT_A_BEAR', 'PSI_ALERT', 'RATIO_ALERT', 'SHARE_FLOOR', 'utcnow', 'default_db', 'PredictionLog', 'psi',
-           'window_figures', 'compare', 'reference_from_card', 'ShiftReport', 'shift_report', 'plot_report', 'replay',
-           'bear_monitor']
+__all__ = ['PSI_ALERT', 'RATIO_ALERT', 'SHARE_FLOOR', 'psi', 'window_figures', 'compare', 'reference_from_card', 'ShiftReport',
+           'shift_report', 'plot_report', 'replay', 'bear_monitor']
 
-# %% ../nbs/13_monitor.ipynb #c005
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,                 -- ISO-8601 UTC
-    model_name TEXT, model_version TEXT, model_kind TEXT,
-    frontend TEXT NOT NULL,           -- app | api | cli | replay
-    label TEXT NOT NULL,              -- the model's answer (top class)
-    probability REAL NOT NULL,
-    probs TEXT NOT NULL,              -- JSON {label: p}
-    in_domain INTEGER NOT NULL,       -- 0: "not a bear"
-    sha256 TEXT, width INTEGER, height INTEGER, nbytes INTEGER,
-    latency_ms REAL,
-    image_path TEXT,                  -- only when images are kept or feedback was given
-    feedback TEXT,                    -- a user's verdict: the right label, or 'not_a_bear'
-    feedback_ts TEXT,
-    reviewer TEXT,                    -- human-in-the-loop verdict (the reviewer's label)
-    reviewer_ts TEXT
-);
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions(ts);
-"""
-NOT_A_BEAR = 'not_a_bear'
-
-def utcnow() -> str: return datetime.now(timezone.utc).isoformat(timespec='milliseconds')
-
-def default_db() -> Path:
-    "The log's path: `$BEAR_LOG_DB`, else `data/predictions.sqlite` in the checkout: the page's own rule, so every front end finds one file"
-    from bear_classifier.app import page_log_path    # imported here: app imports this module
-    p = page_log_path()
-    if p is None: raise ValueError('the prediction log is switched off ($BEAR_LOG_DB=off); pass a path')
-    return p
-
-# %% ../nbs/13_monitor.ipynb #c007
-def _retry(fn, tries:int=12, base:float=0.01):
-    "Call `fn`, retrying with jittered exponential backoff while SQLite reports a lock"
-    for i in range(tries):
-        try: return fn()
-        except sqlite3.OperationalError as e:
-            if 'locked' not in str(e) and 'busy' not in str(e) or i == tries-1: raise
-            time.sleep(base * 2**i * (0.5 + random.random()))
-
-class PredictionLog:
-    "Append-only log of predictions and verdicts in a SQLite file (WAL mode, safe across processes)"
-    def __init__(self, path=None, keep_images:bool|None=None, review_root=None):
-        self.path = Path(path or default_db())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.keep_images = bool(int(os.environ.get('BEAR_KEEP_IMAGES', '0'))) if keep_images is None else keep_images
-        self.review_root = Path(review_root or os.environ.get('BEAR_REVIEW_ROOT') or self.path.parent/'review')
-        self._con = None
-        _retry(lambda: self.con.executescript(SCHEMA))
-
-    @property
-    def con(self) -> sqlite3.Connection:
-        if self._con is None:
-            self._con = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
-            self._con.execute('PRAGMA journal_mode=WAL')
-            self._con.execute('PRAGMA busy_timeout=5000')
-            self._con.execute('PRAGMA synchronous=NORMAL')
-        return self._con
-
-    def close(self):
-        if self._con is not None: self._con.close(); self._con = None
-
-    def _write(self, sql, args=()):
-        return _retry(lambda: self.con.execute(sql, args))
-
-    def log(self, pred, frontend:str, model:dict|None=None, image:bytes|None=None, size=None,
-            latency_ms:float|None=None, ts:str|None=None) -> int:
-        "Record one prediction (`Prediction` or its dict); returns the row id used for feedback"
-        d = pred.to_dict() if hasattr(pred, 'to_dict') else dict(pred)
-        model = model or d.get('model') or {}
-        probs = d.get('probs', d.get('probabilities', {}))
-        sha = hashlib.sha256(image).hexdigest() if image else d.get('sha256')
-        w, h = size or (None, None)
-        path = self._save_image(image, sha, 'kept') if (image and self.keep_images) else None
-        cur = self._write(
-            'INSERT INTO predictions (ts, model_name, model_version, model_kind, frontend, label, probability, probs,'
-            ' in_domain, sha256, width, height, nbytes, latency_ms, image_path) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
-            (ts or utcnow(), model.get('name'), str(model.get('version') or ''), model.get('kind'), frontend,
-             d['label'], float(d['probability']), json.dumps(probs), int(bool(d.get('in_domain', True))),
-             sha, w, h, len(image) if image else None, latency_ms, path))
-        return cur.lastrowid
-
-    def _save_image(self, image:bytes, sha:str, label:str) -> str:
-        "Write `image` into the review queue under `label/`, atomically; returns its path"
-        from PIL import Image
-        import io
-        folder = self.review_root/label
-        folder.mkdir(parents=True, exist_ok=True)
-        ext = {'JPEG': '.jpg', 'PNG': '.png', 'WEBP': '.webp', 'GIF': '.gif'}.get(Image.open(io.BytesIO(image)).format, '.img')
-        dest = folder/f'{sha[:16]}{ext}'
-        if not dest.exists():
-            fd, tmp = tempfile.mkstemp(dir=folder, suffix='.tmp')
-            with os.fdopen(fd, 'wb') as f: f.write(image); f.flush(); os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        return str(dest)
-
-    def rows(self, since:str|None=None, until:str|None=None) -> list[dict]:
-        "Logged rows (as dicts), optionally within [since, until) by ISO timestamp"
-        q, args = 'SELECT * FROM predictions WHERE 1=1', []
-        if since: q += ' AND ts >= ?'; args.append(since)
-        if until: q += ' AND ts < ?'; args.append(until)
-        cur = _retry(lambda: self.con.execute(q + ' ORDER BY ts, id', args))
-        cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-    def count(self) -> int: return _retry(lambda: self.con.execute('SELECT COUNT(*) FROM predictions').fetchone()[0])
-
-    def get(self, pred_id:int) -> dict|None:
-        "The logged row `pred_id` as a dict, or None"
-        cur = _retry(lambda: self.con.execute('SELECT * FROM predictions WHERE id=?', (pred_id,)))
-        r = cur.fetchone()
-        return None if r is None else dict(zip([c[0] for c in cur.description], r))
-
-# %% ../nbs/13_monitor.ipynb #c010
-def _manifest_row(path:Path, root:Path, label:str, image:bytes) -> dict:
-    "The review queue's manifest row for `image`, hashed the way `collect` hashes every image"
-    from PIL import Image
-    import io
-    from bear_classifier.collect import phash_hex, now_utc
-    im = Image.open(io.BytesIO(image))
-    return dict(file=path.relative_to(root).as_posix(), label=label, source='feedback', query='', url='',
-                sha256=hashlib.sha256(image).hexdigest(), phash=phash_hex(im), width=im.width, height=im.height,
-                status='ok', reason='', timestamp=now_utc())
-
-def _add_feedback(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, reviewer:bool=False) -> Path|None:
-    "Record the right `label` for prediction `pred_id`; a correction saves `image` into the review queue"
-    row = _retry(lambda: self.con.execute('SELECT label, in_domain FROM predictions WHERE id=?', (pred_id,)).fetchone())
-    if row is None: raise KeyError(f'no prediction with id {pred_id}')
-    model_label = row[0] if row[1] else NOT_A_BEAR
-    col = 'reviewer' if reviewer else 'feedback'
-    self._write(f'UPDATE predictions SET {col}=?, {col}_ts=? WHERE id=?', (label, utcnow(), pred_id))
-    if label == model_label or image is None: return None
-    sha = hashlib.sha256(image).hexdigest()
-    path = Path(self._save_image(image, sha, label))
-    self._write('UPDATE predictions SET image_path=? WHERE id=?', (str(path), pred_id))
-    from bear_classifier.collect import append_manifest, read_manifest
-    if not any(r.get('sha256') == sha and r.get('label') == label for r in read_manifest(self.review_root)):
-        append_manifest(self.review_root, [_manifest_row(path, self.review_root, label, image)])
-    return path
-
-PredictionLog.feedback = _add_feedback
-
-# %% ../nbs/13_monitor.ipynb #c013
+# %% ../nbs/13_monitor.ipynb #c006
 PSI_ALERT = 0.25        # population stability index above which the label mix has shifted
 RATIO_ALERT = 2.0       # a figure that doubles or halves
 SHARE_FLOOR = 0.05      # shares below this on both sides are too small to compare by ratio
-
-def _mix(labels:list[str], cats:list[str]) -> dict:
-    n = max(len(labels), 1)
-    return {c: sum(l == c for l in labels)/n for c in cats}
 
 def psi(p:dict, q:dict, eps:float=1e-3) -> float:
     "Population stability index between two distributions over the same keys"
     return float(sum((max(p.get(k,0),eps) - max(q.get(k,0),eps)) * math.log(max(p.get(k,0),eps)/max(q.get(k,0),eps))
                      for k in set(p) | set(q)))
 
-def _answer(r:dict) -> str: return r['label'] if r['in_domain'] else NOT_A_BEAR
+# %% ../nbs/13_monitor.ipynb #c009
+def _mix(labels:list[str], cats:list[str]) -> dict:
+    "The share of each of `cats` among `labels`"
+    n = max(len(labels), 1)
+    return {c: sum(l == c for l in labels)/n for c in cats}
 
+# %% ../nbs/13_monitor.ipynb #c011
 def window_figures(rows:list[dict], cats:list[str]) -> dict:
     "The monitored figures of a set of log rows"
     fb = [r for r in rows if r.get('feedback')]
     rv = [r for r in rows if r.get('reviewer')]
-    return dict(n=len(rows), label_mix=_mix([_answer(r) for r in rows], cats),
+    return dict(n=len(rows), label_mix=_mix([row_answer(r) for r in rows], cats),
                 mean_confidence=sum(r['probability'] for r in rows)/max(len(rows),1),
                 not_a_bear_share=sum(not r['in_domain'] for r in rows)/max(len(rows),1),
-                feedback_n=len(fb), feedback_error_rate=(sum(r['feedback'] != _answer(r) for r in fb)/len(fb)) if fb else None,
-                reviewed_n=len(rv), reviewer_agreement=(sum(r['reviewer'] == _answer(r) for r in rv)/len(rv)) if rv else None)
+                feedback_n=len(fb), feedback_error_rate=(sum(r['feedback'] != row_answer(r) for r in fb)/len(fb)) if fb else None,
+                reviewed_n=len(rv), reviewer_agreement=(sum(r['reviewer'] == row_answer(r) for r in rv)/len(rv)) if rv else None)
 
+# %% ../nbs/13_monitor.ipynb #c013
 def _ratio_flag(now, ref, floor=0.0) -> bool:
+    "Whether `now` is at least `RATIO_ALERT` times `ref`, or at most its inverse; shares under `floor` on both sides are not compared"
     if now is None or ref is None: return False
     if max(now, ref) < floor: return False
     now, ref = max(now, floor or 1e-9), max(ref, floor or 1e-9)
     return now/ref >= RATIO_ALERT or now/ref <= 1/RATIO_ALERT
 
+# %% ../nbs/13_monitor.ipynb #c015
 def compare(now:dict, ref:dict) -> list[str]:
     "Alerts (one line each) for the figures of `now` against the reference `ref`"
     alerts = []
@@ -202,7 +66,7 @@ def compare(now:dict, ref:dict) -> list[str]:
         if _ratio_flag(now.get(k), ref.get(k), floor): alerts.append(f'{k.replace("_"," ")} {ref.get(k):.3f} -> {now.get(k):.3f}')
     return alerts
 
-# %% ../nbs/13_monitor.ipynb #c016
+# %% ../nbs/13_monitor.ipynb #c018
 def reference_from_card(card:dict) -> dict|None:
     "The validation-set figures stored in a model card, in `window_figures`' shape"
     v = card.get('validation') or card.get('reference') or {}
@@ -214,27 +78,37 @@ def reference_from_card(card:dict) -> dict|None:
         mix = {k: p*(1-nab) for k, p in mix.items()} | {NOT_A_BEAR: nab}
     return dict(label_mix=mix, mean_confidence=v.get('mean_confidence'), not_a_bear_share=nab, feedback_error_rate=None)
 
+# %% ../nbs/13_monitor.ipynb #c021
 @dataclass
 class ShiftReport:
+    "The figures of consecutive windows of the log, each with its alerts against `reference`"
     reference: dict
     reference_source: str
     windows: list = field(default_factory=list)     # (start, end, figures, alerts)
     @property
     def alert(self) -> bool: return any(a for *_, a in self.windows)
-    def summary(self) -> str:
-        lines = [f'reference: {self.reference_source}; label mix ' + ', '.join(f'{k} {v:.2f}' for k, v in self.reference['label_mix'].items())]
-        for s, e, f, a in self.windows:
-            extra = ''
-            if f['feedback_error_rate'] is not None: extra += f", feedback errors {f['feedback_error_rate']:.2f} of {f['feedback_n']}"
-            if f['reviewer_agreement'] is not None: extra += f", reviewer agrees {f['reviewer_agreement']:.2f} of {f['reviewed_n']}"
-            lines.append(f"{s[:19]} .. {e[:19]}  n={f['n']:4d}  confidence {f['mean_confidence']:.3f}  "
-                         f"not-a-bear {f['not_a_bear_share']:.2f}{extra}  {'SHIFT: ' + '; '.join(a) if a else 'ok'}")
-        return '\n'.join(lines)
 
+# %% ../nbs/13_monitor.ipynb #c023
+def _window_line(s:str, e:str, f:dict, a:list) -> str:
+    "One line of the summary: a window's time span, figures and verdict"
+    extra = ''
+    if f['feedback_error_rate'] is not None: extra += f", feedback errors {f['feedback_error_rate']:.2f} of {f['feedback_n']}"
+    if f['reviewer_agreement'] is not None: extra += f", reviewer agrees {f['reviewer_agreement']:.2f} of {f['reviewed_n']}"
+    return (f"{s[:19]} .. {e[:19]}  n={f['n']:4d}  confidence {f['mean_confidence']:.3f}  "
+            f"not-a-bear {f['not_a_bear_share']:.2f}{extra}  {'SHIFT: ' + '; '.join(a) if a else 'ok'}")
+
+# %% ../nbs/13_monitor.ipynb #c025
+@patch
+def summary(self:ShiftReport) -> str:
+    "The report as text: the reference, then one line per window"
+    mix = ', '.join(f'{k} {v:.2f}' for k, v in self.reference['label_mix'].items())
+    return '\n'.join([f'reference: {self.reference_source}; label mix {mix}', *(_window_line(*w) for w in self.windows)])
+
+# %% ../nbs/13_monitor.ipynb #c028
 def shift_report(log:PredictionLog, card:dict|None=None, since:str|None=None, window:int=100, baseline:int=100) -> ShiftReport:
     "Compare consecutive windows of `window` logged predictions with the card's (or the first `baseline` rows') figures"
     rows = log.rows(since=since)
-    cats = sorted({_answer(r) for r in rows} | set((card or {}).get('vocab', [])) | {NOT_A_BEAR})
+    cats = sorted({row_answer(r) for r in rows} | set((card or {}).get('vocab', [])) | {NOT_A_BEAR})
     ref = reference_from_card(card or {})
     src = 'model card (validation split)'
     if ref is None:
@@ -249,14 +123,14 @@ def shift_report(log:PredictionLog, card:dict|None=None, since:str|None=None, wi
         rep.windows.append((w[0]['ts'], w[-1]['ts'], f, compare(f, ref)))
     return rep
 
+# %% ../nbs/13_monitor.ipynb #c031
 def plot_report(rep:ShiftReport, dest) -> Path:
     "PNG of the monitored figures over time, with alert windows shaded"
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     xs = list(range(len(rep.windows)))
     fig, axs = plt.subplots(1, 3, figsize=(12, 3.2))
-    cats = list(rep.reference['label_mix'])
-    for c in cats: axs[0].plot(xs, [f['label_mix'].get(c, 0) for *_, f, _ in rep.windows], marker='o', label=c)
+    for c in rep.reference['label_mix']: axs[0].plot(xs, [f['label_mix'].get(c, 0) for *_, f, _ in rep.windows], marker='o', label=c)
     axs[0].set_title('answer mix'); axs[0].legend(fontsize=7)
     axs[1].plot(xs, [f['mean_confidence'] for *_, f, _ in rep.windows], marker='o'); axs[1].set_title('mean confidence')
     axs[1].axhline(rep.reference['mean_confidence'] or 0, ls='--', c='gray')
@@ -267,12 +141,11 @@ def plot_report(rep:ShiftReport, dest) -> Path:
         for x, (*_, a) in zip(xs, rep.windows):
             if a: ax.axvspan(x-.5, x+.5, color='red', alpha=.12)
     fig.tight_layout()
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix='.png'); os.close(fd)
-    fig.savefig(tmp, dpi=90); plt.close(fig); os.replace(tmp, dest)
-    return dest
+    with atomic_path(dest, '.png') as t: fig.savefig(t, dpi=90, format='png')
+    plt.close(fig)
+    return Path(dest)
 
-# %% ../nbs/13_monitor.ipynb #c019
+# %% ../nbs/13_monitor.ipynb #c034
 def replay(log:PredictionLog, predictor, files, start:datetime, step:timedelta=timedelta(minutes=1), frontend='replay'):
     "Predict each of `files` with `predictor` and log it at simulated times from `start`; returns the next time"
     t = start
@@ -282,11 +155,22 @@ def replay(log:PredictionLog, predictor, files, start:datetime, step:timedelta=t
         try: p = predictor.predict_bytes(b)
         except ValueError: continue
         log.log(p, frontend, model=dict(name=predictor.name, version=getattr(predictor, 'version', ''), kind=predictor.kind),
-                image=b, latency_ms=(time.perf_counter()-t0)*1000, ts=t.isoformat(timespec='milliseconds'))
+                image=b, latency_ms=(time.perf_counter()-t0)*1000, ts=utc_now(t))
         t += step
     return t
 
-# %% ../nbs/13_monitor.ipynb #c022
+# %% ../nbs/13_monitor.ipynb #c038
+def _card(model:str|None) -> dict:
+    "The model card of bundle `model`, else of the newest bundle; {} (said on stderr) when there is none to read"
+    try:
+        from bear_classifier.bundle import latest_bundle, read_card
+        mdir = Path(model) if model else latest_bundle(models_root())
+        return read_card(mdir) if mdir else {}
+    except Exception as e:
+        print(f'bear-monitor: no model card ({e}); using the first predictions as reference', file=sys.stderr)
+        return {}
+
+# %% ../nbs/13_monitor.ipynb #c040
 @call_parse
 def bear_monitor(
     command:str,           # `report` (the only command for now)
@@ -298,19 +182,13 @@ def bear_monitor(
 ):
     "Domain-shift report of the prediction log against the model card's validation figures"
     if command != 'report': raise SystemExit(f"bear-monitor: unknown command {command!r}; use: bear-monitor report")
-    path = Path(db) if db else default_db()
+    path = Path(db) if db else log_path()
+    if path is None: raise SystemExit('bear-monitor: the prediction log is switched off (BEAR_LOG_DB=off); pass --db')
     if not path.exists(): raise SystemExit(f'bear-monitor: no prediction log at {path}; run the app or the service first, or pass --db')
-    card = {}
-    try:
-        from bear_classifier.export import latest_bundle
-        mdir = Path(model) if model else latest_bundle('models')
-        if mdir and (Path(mdir)/'model.json').exists(): card = json.loads((Path(mdir)/'model.json').read_text())
-    except Exception as e: print(f'bear-monitor: no model card ({e}); using the first predictions as reference', file=sys.stderr)
-    try: rep = shift_report(PredictionLog(path), card, since=since, window=window)
+    try: rep = shift_report(PredictionLog(path), _card(model), since=since, window=window)
     except ValueError as e: raise SystemExit(f'bear-monitor: {e}')
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    text = rep.summary()
-    (out/'summary.txt').write_text(text + '\n')
+    out, text = Path(out), rep.summary()
+    atomic_write(out/'summary.txt', text + '\n')
     if rep.windows: plot_report(rep, out/'shift.png')
     print(text); print(f'written: {out}/summary.txt' + (f', {out}/shift.png' if rep.windows else ''))
     if rep.alert: sys.exit(1)

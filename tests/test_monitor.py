@@ -1,37 +1,11 @@
-"The prediction log under concurrent writers, the feedback loop, and the report's alarm."
-import json, multiprocessing as mp, random, subprocess, sys
+"The domain-shift report's alarm: on a synthetic log, through the CLI, and on a replay through the real predictor."
+import random, subprocess, sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 import pytest
-from bear_classifier.monitor import PredictionLog, shift_report, NOT_A_BEAR
-
-N_PROC, N_ROWS = 6, 800
-
-def _writer(path, k, q):
-    try:
-        log = PredictionLog(path)
-        for i in range(N_ROWS):
-            log.log({'label': 'grizzly', 'probability': .9, 'probs': {'grizzly': .9}, 'in_domain': True},
-                    frontend=f'w{k}', latency_ms=float(i))
-        q.put((k, 'ok'))
-    except Exception as e:          # any "database is locked" reaching us is a failure
-        q.put((k, repr(e)))
-
-def test_concurrent_writers_lose_nothing(tmp_path):
-    path = tmp_path/'log.sqlite'
-    PredictionLog(path).close()
-    ctx = mp.get_context('spawn')
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(path, k, q)) for k in range(N_PROC)]
-    for p in procs: p.start()
-    for p in procs: p.join(120)
-    results = sorted(q.get(timeout=5) for _ in procs)
-    assert results == [(k, 'ok') for k in range(N_PROC)]
-    log = PredictionLog(path)
-    assert log.count() == N_PROC * N_ROWS
-    per = {}
-    for r in log.rows(): per.setdefault(r['frontend'], []).append(r['latency_ms'])
-    assert all(sorted(v) == [float(i) for i in range(N_ROWS)] for v in per.values()), 'every row of every writer, once'
+from bear_classifier.files import utc_now
+from bear_classifier.predlog import PredictionLog
+from bear_classifier.monitor import shift_report
 
 def _row(label, p=.95, ind=True): return {'label': label, 'probability': p, 'probs': {label: p}, 'in_domain': ind}
 
@@ -40,11 +14,11 @@ def test_report_alarms_only_on_the_shifted_phase(tmp_path):
     rng = random.Random(0)
     t = datetime(2026, 1, 1, tzinfo=timezone.utc)
     for i in range(300):   # like the validation set: balanced, confident, in domain
-        log.log(_row(rng.choice(['grizzly', 'black', 'teddy']), .9 + .1*rng.random()), 'replay', ts=t.isoformat()); t += timedelta(minutes=1)
-    cut = t.isoformat()
+        log.log(_row(rng.choice(['grizzly', 'black', 'teddy']), .9 + .1*rng.random()), 'replay', ts=utc_now(t)); t += timedelta(minutes=1)
+    cut = utc_now(t)
     for i in range(300):   # people start sending other things
         ood = rng.random() < .5
-        log.log(_row(rng.choice(['grizzly', 'teddy']), .5 + .4*rng.random(), not ood), 'replay', ts=t.isoformat()); t += timedelta(minutes=1)
+        log.log(_row(rng.choice(['grizzly', 'teddy']), .5 + .4*rng.random(), not ood), 'replay', ts=utc_now(t)); t += timedelta(minutes=1)
     card = {'vocab': ['black', 'grizzly', 'teddy'],
             'validation': {'label_mix': {'grizzly': .34, 'black': .33, 'teddy': .33, 'not_a_bear': 0.0},
                            'mean_confidence': .95, 'not_a_bear_share': 0.0}}
@@ -73,7 +47,7 @@ def test_replay_through_the_real_predictor(shared_data, tmp_path):
     "Replay the training photos, then second-source bears mixed with other things: the alert fires on the second phase only"
     from bear_classifier.inference import Predictor
     from bear_classifier.monitor import replay
-    from _starter import starter_bundle
+    from bear_classifier.testing import starter_bundle
     pred = Predictor.load(starter_bundle())
     log = PredictionLog(tmp_path/'log.sqlite')
     rng = random.Random(0)
@@ -83,5 +57,5 @@ def test_replay_through_the_real_predictor(shared_data, tmp_path):
     t = replay(log, pred, phase1[:150], datetime(2026, 1, 1, tzinfo=timezone.utc))
     replay(log, pred, phase2, t)
     rep = shift_report(log, pred.card, window=50, baseline=50)
-    flags = [(s >= t.isoformat(), bool(a)) for s, e, f, a in rep.windows]
+    flags = [(s >= utc_now(t), bool(a)) for s, e, f, a in rep.windows]
     assert flags == [(False, False)]*2 + [(True, True)]*(len(flags)-2), rep.summary()
