@@ -7,32 +7,31 @@ Docs: https://bear-classifier.github.io/bear_classifier/app.html.md"""
 # %% ../nbs/14_app.ipynb #c003
 from __future__ import annotations
 import base64, io, json, os, re, socket, sys, time, traceback
+from dataclasses import replace
 from html import escape
 from pathlib import Path
 
 import ipywidgets as widgets
 from PIL import Image
+from fastcore.basics import patch
 from fastcore.script import call_parse, store_true
 
-from .monitor import NOT_A_BEAR, PredictionLog
+from .files import (
+    ENV_PREFIX, Settings, SettingsError, log_path, models_root, one_line, project_root, review_dir, settings)
+from .images import MAX_IMAGE_BYTES, ImageError, decode_bytes
+from .predlog import NOT_A_BEAR, PredictionLog, log_problem
 
 # %% auto #0
-__all__ = ['PAGE', 'VOILA_CONFIG', 'TEMPLATE', 'WEBSOCKET_HEADROOM', 'OFF', 'project_root', 'websocket_limit', 'upload_limit',
-           'upload_guard', 'thumbnail', 'png_output', 'probs_html', 'server_log', 'nice_label', 'page_log_path',
-           'page_review_mode', 'model_blurb', 'BearApp', 'build_app', 'page_model_dir', 'page_models_root',
-           'load_page_predictor', 'port_is_free', 'choose_model', 'voila_argv', 'prepare_log', 'bear_app']
+__all__ = ['PAGE', 'VOILA_CONFIG', 'TEMPLATE', 'WEBSOCKET_HEADROOM', 'KERNEL_SETTINGS', 'websocket_limit', 'upload_limit',
+           'upload_guard', 'thumbnail', 'png_output', 'probs_html', 'server_log', 'nice_label', 'model_blurb',
+           'classed', 'feedback_row', 'BearApp', 'answer_of', 'answer_text', 'build_app', 'load_page_predictor',
+           'port_is_free', 'check_launch', 'choose_model', 'prepare_log', 'kernel_env', 'served_settings', 'voila_argv',
+           'launch_line', 'bear_app']
 
 # %% ../nbs/14_app.ipynb #c007
-PAGE = Path('nbs')/'app.ipynb'
-VOILA_CONFIG = 'voila.json'
-TEMPLATE = 'bear'
-
-def project_root(start=None) -> Path:
-    "The checkout holding `nbs/app.ipynb`: `start` (default: cwd) or a folder above it, else the package's parent"
-    start = Path(start or Path.cwd()).resolve()
-    for d in (start, *start.parents):
-        if (d/PAGE).exists(): return d
-    return Path(__file__).resolve().parents[1]
+PAGE = Path('nbs')/'app.ipynb'      # the notebook Voilà renders, relative to the project root
+VOILA_CONFIG = 'voila.json'         # Voilà's configuration, in the project root
+TEMPLATE = 'bear'                   # share/jupyter/voila/templates/bear
 
 # %% ../nbs/14_app.ipynb #c010
 WEBSOCKET_HEADROOM = 1 << 20
@@ -43,12 +42,12 @@ def websocket_limit(root=None) -> int:
     cfg = json.loads(p.read_text()) if p.exists() else {}
     return int(cfg.get('Voila', {}).get('tornado_settings', {}).get('websocket_max_message_size', 10 << 20))
 
+# %% ../nbs/14_app.ipynb #c012
 def upload_limit(root=None) -> int:
     "The largest file (bytes) the page sends to the kernel"
-    from bear_classifier.inference import MAX_IMAGE_BYTES
     return min(MAX_IMAGE_BYTES, websocket_limit(root) - WEBSOCKET_HEADROOM)
 
-# %% ../nbs/14_app.ipynb #c013
+# %% ../nbs/14_app.ipynb #c015
 _GUARD_JS = """
 (function () {
   var g = window.bearUploadGuard;
@@ -83,20 +82,21 @@ def upload_guard(limit:int):
     from IPython.display import HTML
     return HTML(f"<script>{_GUARD_JS.replace('LIMIT', str(int(limit)))}</script>")
 
-# %% ../nbs/14_app.ipynb #c016
+# %% ../nbs/14_app.ipynb #c018
 def thumbnail(im:Image.Image, size:int=128) -> Image.Image:
     "A copy of `im` shrunk to fit `size`×`size` pixels, keeping its aspect ratio"
     im = im.copy()
     im.thumbnail((size, size))
     return im
 
+# %% ../nbs/14_app.ipynb #c021
 def png_output(im:Image.Image, text:str='thumbnail') -> dict:
     "A Jupyter `display_data` output holding `im` as PNG (for an `Output` widget's `outputs`)"
     buf = io.BytesIO(); im.save(buf, format='PNG')
     return {'output_type': 'display_data', 'metadata': {},
             'data': {'image/png': base64.b64encode(buf.getvalue()).decode(), 'text/plain': f'<{text}>'}}
 
-# %% ../nbs/14_app.ipynb #c019
+# %% ../nbs/14_app.ipynb #c024
 def probs_html(probs:dict, in_domain:bool=True, width:int=160) -> str:
     "An HTML table: one row per label, most probable first, with a bar and the probability"
     rows = []
@@ -109,28 +109,17 @@ def probs_html(probs:dict, in_domain:bool=True, width:int=160) -> str:
             'if it had to pick one of the bears:</div>')
     return note + '<table class="bear-probs-table" style="border-collapse:collapse">' + ''.join(rows) + '</table>'
 
-# %% ../nbs/14_app.ipynb #c022
-OFF = ('off', 'none', 'no', 'false', '0')
-
+# %% ../nbs/14_app.ipynb #c027
 def server_log(text:str):
     "Print one line to the server's log (the terminal running `bear-app`), not to the page"
     print(text, file=sys.__stderr__ or sys.stderr, flush=True)
 
+# %% ../nbs/14_app.ipynb #c030
 def nice_label(label) -> str:
     "How an answer reads on the page: `not_a_bear` is 'not a bear'"
     return 'not a bear' if label == NOT_A_BEAR else str(label)
 
-def page_log_path(path=None) -> Path|None:
-    "The page's prediction log: `path`, `$BEAR_LOG_DB`, else `data/predictions.sqlite` in the project; None for `off`"
-    p = path or os.environ.get('BEAR_LOG_DB') or project_root()/'data'/'predictions.sqlite'
-    return None if str(p).strip().lower() in OFF else Path(p).expanduser()
-
-def page_review_mode(review=None) -> bool:
-    "Human-in-the-loop mode: `review`, else `$BEAR_REVIEW_MODE` (1, true, yes or on)"
-    if review is not None: return bool(review)
-    return os.environ.get('BEAR_REVIEW_MODE', '').strip().lower() in ('1', 'true', 'yes', 'on')
-
-# %% ../nbs/14_app.ipynb #c025
+# %% ../nbs/14_app.ipynb #c035
 def model_blurb(predictor, logging:bool=False, review:bool=False) -> str:
     "Small print about the model (name, kind, version, labels) and, when `logging`, what the page keeps"
     kind = getattr(predictor, 'kind', None) or 'unknown'
@@ -148,9 +137,25 @@ def model_blurb(predictor, logging:bool=False, review:bool=False) -> str:
                  'is corrected, to improve the model.</div>')
     return html
 
-# %% ../nbs/14_app.ipynb #c027
-def _slug(label) -> str: return re.sub(r'[^A-Za-z0-9_-]+', '-', str(label))
+# %% ../nbs/14_app.ipynb #c038
+def classed(w, *names):
+    "`w` with the CSS classes `names` added (how the browser tests and the stylesheet find it)"
+    for n in names: w.add_class(n)
+    return w
 
+# %% ../nbs/14_app.ipynb #c041
+def feedback_row(vocab, review:bool=False) -> tuple:
+    "The 'wrong?' row: (the Right/Accept button, the prompt, {answer: button} for each label and `not_a_bear`, the `HBox`)"
+    auto = lambda: widgets.Layout(width='auto')
+    right = classed(widgets.Button(description='Accept' if review else 'Right', button_style='success', layout=auto()), 'bear-right')
+    prompt = widgets.Label('or correct to:' if review else 'Wrong? It is:')
+    fixes = {a: classed(widgets.Button(description=nice_label(a), layout=auto()), 'bear-fix',
+                     'bear-fix-' + re.sub(r'[^A-Za-z0-9_-]+', '-', a)) for a in [*map(str, vocab), NOT_A_BEAR]}
+    row = widgets.HBox([right, prompt, *fixes.values()],
+                       layout=widgets.Layout(flex_flow='row wrap', align_items='center', display='none'))
+    return right, prompt, fixes, classed(row, 'bear-feedback')
+
+# %% ../nbs/14_app.ipynb #c046
 class BearApp:
     "The bear classifier GUI: upload, Classify, thumbnail, label, probabilities, the 'wrong?' row, model info"
     title = 'Grizzly, black or teddy?'
@@ -162,206 +167,256 @@ class BearApp:
         self.log_path = self._log.path if self._log else (Path(log) if log else None)
         self.case = None                  # the answer on screen while it awaits a verdict: dict(id, answer, image)
         self.reviewed = self.agreed = 0   # review mode: verdicts given in this session, and how many accepted the model
-        self.upload = widgets.FileUpload(accept='image/*', multiple=False, description='Upload')
-        self.button = widgets.Button(description='Classify', button_style='primary')
-        self.upload_message = widgets.HTML('<div class="bear-upload-message-text" style="color:#b71c1c;line-height:1.4"></div>')
-        self.out = widgets.Output(layout=widgets.Layout(min_height=f'{thumb_size}px'))
-        self.label = widgets.Label('')
-        self.probs = widgets.HTML('')
-        # the "wrong?" row: Right (Accept), then one button per other answer; the model's own answer is hidden
-        auto = lambda: widgets.Layout(width='auto')
-        self.right = widgets.Button(description='Accept' if self.review else 'Right', button_style='success', layout=auto())
-        self.fix_prompt = widgets.Label('or correct to:' if self.review else 'Wrong? It is:')
-        self.fixes = {a: widgets.Button(description=nice_label(a), layout=auto()) for a in [*map(str, predictor.vocab), NOT_A_BEAR]}
-        self.feedback = widgets.HBox([self.right, self.fix_prompt, *self.fixes.values()],
-                                     layout=widgets.Layout(flex_flow='row wrap', align_items='center', display='none'))
-        self.thanks = widgets.HTML('')
-        self.info = widgets.HTML(model_blurb(predictor, logging=self.log_path is not None, review=self.review))
-        for w, c in ((self.upload, 'bear-upload'), (self.button, 'bear-classify'), (self.upload_message, 'bear-upload-message'),
-                     (self.out, 'bear-thumbnail'), (self.label, 'bear-prediction'), (self.probs, 'bear-probs'),
-                     (self.feedback, 'bear-feedback'), (self.right, 'bear-right'), (self.thanks, 'bear-thanks'), (self.info, 'bear-model')):
-            w.add_class(c)
-        for a, b in self.fixes.items():
-            b.add_class('bear-fix'); b.add_class(f'bear-fix-{_slug(a)}')
-            b.on_click(lambda _, a=a: self.verdict(a))
+        self.upload = classed(widgets.FileUpload(accept='image/*', multiple=False, description='Upload'), 'bear-upload')
+        self.button = classed(widgets.Button(description='Classify', button_style='primary'), 'bear-classify')
+        self.upload_message = classed(widgets.HTML('<div class="bear-upload-message-text" style="color:#b71c1c;line-height:1.4">'
+                                                   '</div>'), 'bear-upload-message')
+        self.out = classed(widgets.Output(layout=widgets.Layout(min_height=f'{thumb_size}px')), 'bear-thumbnail')
+        self.label, self.probs = classed(widgets.Label(''), 'bear-prediction'), classed(widgets.HTML(''), 'bear-probs')
+        self.right, self.fix_prompt, self.fixes, self.feedback = feedback_row(predictor.vocab, self.review)
+        self.thanks = classed(widgets.HTML(''), 'bear-thanks')
+        self.info = classed(widgets.HTML(model_blurb(predictor, logging=self.log_path is not None, review=self.review)), 'bear-model')
+        for a, b in self.fixes.items(): b.on_click(lambda _, a=a: self.verdict(a))
         self.right.on_click(lambda _: self.verdict(self.case['answer'] if self.case else None))
-        self.button.on_click(self.classify)
+        self.button.on_click(lambda b: self.classify(b))
         head = [widgets.HTML(f'<h2 class="bear-title">{escape(self.title)}</h2>'), widgets.Label(self.instructions)]
-        if self.review: head.append(widgets.HTML(f'<div class="bear-review-note" style="color:#e65100;line-height:1.4">{escape(self.review_note)}</div>'))
-        self.box = widgets.VBox([*head, self.upload, self.upload_message, self.button, self.out, self.label, self.probs,
-                                 self.feedback, self.thanks, self.info])
-        self.box.add_class('bear-app')
+        if self.review: head.append(widgets.HTML('<div class="bear-review-note" style="color:#e65100;line-height:1.4">'
+                                                 f'{escape(self.review_note)}</div>'))
+        self.box = classed(widgets.VBox([*head, self.upload, self.upload_message, self.button, self.out, self.label,
+                                         self.probs, self.feedback, self.thanks, self.info]), 'bear-app')
 
-    def show(self, text:str, error:bool=False, thumb=None, probs=None, in_domain:bool=True):
-        "Put one result on the page: the label's `text` (red when `error`), the thumbnail and the bar chart"
-        self.out.outputs = (png_output(thumb, 'thumbnail'),) if thumb is not None else ()
-        self.label.style.text_color = '#b71c1c' if error else None
-        self.label.value = text
-        self.probs.value = probs_html(probs, in_domain) if probs else ''
+# %% ../nbs/14_app.ipynb #c049
+@patch
+def show(self:BearApp, text:str, error:bool=False, thumb=None, probs=None, in_domain:bool=True):
+    "Put one result on the page: the label's `text` (red when `error`), the thumbnail and the bar chart"
+    self.out.outputs = (png_output(thumb, 'thumbnail'),) if thumb is not None else ()
+    self.label.style.text_color = '#b71c1c' if error else None
+    self.label.value = text
+    self.probs.value = probs_html(probs, in_domain) if probs else ''
 
-    def say(self, text:str='', error:bool=False):
-        "The one line under the 'wrong?' row: thanks, or why a verdict was not recorded"
-        colour = '#b71c1c' if error else '#2f7d32'
-        self.thanks.value = f'<div class="bear-thanks-text" style="color:{colour};line-height:1.4">{escape(text)}</div>' if text else ''
+# %% ../nbs/14_app.ipynb #c051
+@patch
+def say(self:BearApp, text:str='', error:bool=False):
+    "The one line under the 'wrong?' row: thanks, or why a verdict was not recorded"
+    colour = '#b71c1c' if error else '#2f7d32'
+    self.thanks.value = f'<div class="bear-thanks-text" style="color:{colour};line-height:1.4">{escape(text)}</div>' if text else ''
 
-    @property
-    def log(self) -> PredictionLog|None:
-        "The prediction log, opened on first use; None when logging is off or the log cannot be opened (said on stderr)"
-        if self._log is None and self.log_path is not None:
-            try: self._log = PredictionLog(self.log_path)
-            except Exception as e:
-                server_log(f'bear-app: cannot open the prediction log {self.log_path} ({type(e).__name__}: {e}); answers are not logged')
-        return self._log
-
-    def record(self, pred, image:bytes|None, size, latency_ms:float) -> int|None:
-        "Log one answer; its row id, or None when it could not be written (the visitor still gets the answer)"
-        if self.log_path is None or self.log is None: return None
-        p = self.predictor
-        try:
-            return self.log.log(pred, 'app', model=dict(name=p.name, version=getattr(p, 'version', None), kind=getattr(p, 'kind', None)),
-                                image=image, size=size, latency_ms=round(latency_ms, 2))
+# %% ../nbs/14_app.ipynb #c054
+@patch(as_prop=True)
+def log(self:BearApp) -> PredictionLog|None:
+    "The prediction log, opened on first use; None when logging is off or the log cannot be opened (said on stderr)"
+    if self._log is None and self.log_path is not None:
+        try: self._log = PredictionLog(self.log_path)
         except Exception as e:
-            server_log(f'bear-app: prediction not logged in {self.log_path} ({type(e).__name__}: {e}); the visitor got the answer anyway')
-            return None
+            server_log(f'bear-app: cannot open the prediction log {self.log_path} ({type(e).__name__}: {e}); answers are not logged')
+    return self._log
 
-    def classify(self, _=None):
-        "The Classify button's handler: predict the uploaded photo, show the result or the error, log it, ask for a verdict"
-        if self.review and self.case is not None:          # the reviewer has not decided on the suggestion on screen
-            return self.say('Accept or correct the suggestion above before classifying the next photo.', error=True)
-        self.button.disabled = True
-        self.case, self.feedback.layout.display = None, 'none'
-        self.say()
-        try:
-            if not self.upload.value:
-                return self.show('Upload a photo first (click Upload), then click Classify.', error=True)
-            item = self.upload.value[-1]
-            self.show('Classifying…')
-            try:
-                from bear_classifier.inference import decode_image
-                t0 = time.perf_counter()
-                img = decode_image(item)                       # upright RGB, or ImageError naming the file
-                pred = self.predictor.predict(img)
-                ms = (time.perf_counter() - t0) * 1000
-                thumb = thumbnail(img, self.thumb_size)
-            except Exception as e:
-                if getattr(e, 'code', None) is None:           # not an ImageError: a bug, log it
-                    server_log(traceback.format_exc().rstrip())
-                    return self.show(f"Could not classify {item.get('name', 'this file')}: {type(e).__name__}: {e}", error=True)
-                return self.show(str(e), error=True)
-            data = bytes(item['content']) if isinstance(item, dict) and item.get('content') is not None else None
-            answer = pred.label if pred.in_domain else NOT_A_BEAR
-            text = (f'Suggested: {nice_label(answer)}' + (f' ({pred.probability:.2f})' if pred.in_domain else '')
-                    + ' — accept or correct') if self.review else pred.sentence
-            self.show(text, thumb=thumb, probs=pred.probs, in_domain=pred.in_domain)
-            self.ask_verdict(self.record(pred, data, img.size, ms), answer, data)
-        finally:
-            self.upload.value = ()
-            self.button.disabled = self.review and self.case is not None
+# %% ../nbs/14_app.ipynb #c056
+@patch
+def record(self:BearApp, pred, image:bytes|None, size, latency_ms:float) -> int|None:
+    "Log one answer; its row id, or None when it could not be written (the visitor still gets the answer)"
+    if self.log_path is None or self.log is None: return None
+    p = self.predictor
+    try:
+        return self.log.log(pred, 'app', model=dict(name=p.name, version=getattr(p, 'version', None), kind=getattr(p, 'kind', None)),
+                            image=image, size=size, latency_ms=round(latency_ms, 2))
+    except Exception as e:
+        server_log(f'bear-app: prediction not logged in {self.log_path} ({type(e).__name__}: {e}); the visitor got the answer anyway')
+        return None
 
-    def ask_verdict(self, pred_id:int|None, answer:str, image:bytes|None):
-        "Show the 'wrong?' row for the answer just logged as `pred_id` (nothing to ask when it was not logged)"
-        if pred_id is None:
-            if self.review and self.log_path is not None:
-                self.say('This case could not be written to the log (the server log says why): a verdict cannot be recorded.', error=True)
-            return
-        self.case = dict(id=pred_id, answer=answer, image=image)
-        self.right.disabled = False
-        self.right.tooltip = f'The answer ({nice_label(answer)}) is right'
-        for a, b in self.fixes.items():
-            b.disabled, b.button_style, b.layout.display = False, '', ('none' if a == answer else None)
-        self.feedback.layout.display = None
+# %% ../nbs/14_app.ipynb #c059
+def answer_of(pred) -> str:
+    "The answer a `Prediction` gives: its label, or `NOT_A_BEAR` when the photo is out of the model's domain"
+    return pred.label if pred.in_domain else NOT_A_BEAR
 
-    def verdict(self, label:str|None):
-        "A 'wrong?' button's handler: record that `label` is the right answer for the case on screen (once)"
-        case = self.case
-        if case is None or label is None: return
-        buttons = [self.right, *self.fixes.values()]
-        for b in buttons: b.disabled = True
-        try: self.log.feedback(case['id'], label, image=case['image'], reviewer=self.review)
-        except Exception as e:
-            server_log(f"bear-app: verdict {label!r} on prediction {case['id']} not recorded in {self.log_path} ({type(e).__name__}: {e})")
-            for b in buttons: b.disabled = False
-            return self.say(f'Sorry, that could not be saved ({type(e).__name__}); please try again.', error=True)
-        self.case, right = None, label == case['answer']
-        if not right: self.fixes[label].button_style = 'warning'     # which one was sent, while the buttons rest disabled
-        if self.review:
-            self.reviewed += 1; self.agreed += right
-            self.say((f'Accepted: {nice_label(label)}' if right else f'Corrected to {nice_label(label)} — saved for review')
-                     + f' · {self.reviewed} reviewed in this session, the model was right in {self.agreed}')
-            self.button.disabled = False
-        else:
-            self.say('Thanks — glad it was right' if right else f'Thanks — saved as {nice_label(label)} for review')
+# %% ../nbs/14_app.ipynb #c061
+def answer_text(pred, review:bool=False) -> str:
+    "What the label says: the lesson's sentence, or in review mode the suggestion a reviewer accepts or corrects"
+    if not review: return pred.sentence
+    return f'Suggested: {nice_label(answer_of(pred))}' + (f' ({pred.probability:.2f})' if pred.in_domain else '') + ' — accept or correct'
 
+# %% ../nbs/14_app.ipynb #c063
+@patch
+def classify_upload(self:BearApp, item:dict):
+    "Decode and classify one uploaded file (an item of `FileUpload.value`); show the answer or the error, log it, ask for a verdict"
+    self.show('Classifying…')
+    data, name = bytes(item.get('content') or b''), item.get('name')
+    try:
+        t0 = time.perf_counter()
+        img = decode_bytes(data, name=name)                 # upright RGB, or ImageError naming the file
+        pred = self.predictor.predict(img)
+        ms = (time.perf_counter() - t0) * 1000
+        thumb = thumbnail(img, self.thumb_size)
+    except ImageError as e: return self.show(str(e), error=True)
+    except Exception as e:                                  # not a bad upload: a bug, its traceback goes to the server log
+        server_log(traceback.format_exc().rstrip())
+        return self.show(f"Could not classify {name or 'this file'}: {type(e).__name__}: {e}", error=True)
+    self.show(answer_text(pred, self.review), thumb=thumb, probs=pred.probs, in_domain=pred.in_domain)
+    self.ask_verdict(self.record(pred, data, img.size, ms), answer_of(pred), data)
+
+# %% ../nbs/14_app.ipynb #c065
+@patch
+def classify(self:BearApp, _=None):
+    "The Classify button's handler: classify the uploaded photo, or say what to do first; then clear the upload"
+    if self.review and self.case is not None:          # the reviewer has not decided on the suggestion on screen
+        return self.say('Accept or correct the suggestion above before classifying the next photo.', error=True)
+    self.button.disabled = True
+    self.case, self.feedback.layout.display = None, 'none'
+    self.say()
+    try:
+        if not self.upload.value: return self.show('Upload a photo first (click Upload), then click Classify.', error=True)
+        self.classify_upload(self.upload.value[-1])
+    finally:
+        self.upload.value = ()
+        self.button.disabled = self.review and self.case is not None
+
+# %% ../nbs/14_app.ipynb #c068
+@patch
+def ask_verdict(self:BearApp, pred_id:int|None, answer:str, image:bytes|None):
+    "Show the 'wrong?' row for the answer just logged as `pred_id` (nothing to ask when it was not logged)"
+    if pred_id is None:
+        if self.review and self.log_path is not None:
+            self.say('This case could not be written to the log (the server log says why): a verdict cannot be recorded.', error=True)
+        return
+    self.case = dict(id=pred_id, answer=answer, image=image)
+    self.right.disabled = False
+    self.right.tooltip = f'The answer ({nice_label(answer)}) is right'
+    for a, b in self.fixes.items():
+        b.disabled, b.button_style, b.layout.display = False, '', ('none' if a == answer else None)
+    self.feedback.layout.display = None
+
+# %% ../nbs/14_app.ipynb #c071
+@patch
+def thank(self:BearApp, label:str, right:bool):
+    "Thank the visitor for a recorded verdict; in review mode, count it and let the next photo in"
+    if not self.review:
+        return self.say('Thanks — glad it was right' if right else f'Thanks — saved as {nice_label(label)} for review')
+    self.reviewed += 1; self.agreed += right
+    self.say((f'Accepted: {nice_label(label)}' if right else f'Corrected to {nice_label(label)} — saved for review')
+             + f' · {self.reviewed} reviewed in this session, the model was right in {self.agreed}')
+    self.button.disabled = False
+
+# %% ../nbs/14_app.ipynb #c073
+@patch
+def verdict(self:BearApp, label:str|None):
+    "A 'wrong?' button's handler: record that `label` is the right answer for the case on screen (once)"
+    case = self.case
+    if case is None or label is None: return
+    buttons = [self.right, *self.fixes.values()]
+    for b in buttons: b.disabled = True
+    try: self.log.feedback(case['id'], label, image=case['image'], reviewer=self.review)
+    except Exception as e:
+        server_log(f"bear-app: verdict {label!r} on prediction {case['id']} not recorded in {self.log_path} ({type(e).__name__}: {e})")
+        for b in buttons: b.disabled = False
+        return self.say(f'Sorry, that could not be saved ({type(e).__name__}); please try again.', error=True)
+    self.case, right = None, label == case['answer']
+    if not right: self.fixes[label].button_style = 'warning'     # which one was sent, while the buttons rest disabled
+    self.thank(label, right)
+
+# %% ../nbs/14_app.ipynb #c076
 def build_app(predictor, thumb_size:int=128, log=None, review:bool=False) -> widgets.VBox:
     "The GUI for `predictor` as one `VBox` (the `BearApp` that drives it is its `.bear` attribute); see `BearApp` for `log`, `review`"
     app = BearApp(predictor, thumb_size, log=log, review=review)
     app.box.bear = app
     return app.box
 
-# %% ../nbs/14_app.ipynb #c038
-def page_model_dir(model_dir=None, models_root=None):
-    "The model folder the page should load: `model_dir`, `$BEAR_MODEL_DIR`, else None (newest bundle or starter)"
-    d = model_dir or os.environ.get('BEAR_MODEL_DIR') or None
-    return Path(d) if d else None
-
-def page_models_root(models_root=None) -> Path:
-    "Where the page looks for bundles: `models_root`, `$BEAR_MODELS`, else `models/` in the project"
-    return Path(models_root or os.environ.get('BEAR_MODELS') or project_root()/'models')
-
-def load_page_predictor(model_dir=None, models_root=None):
-    "The `Predictor` the page serves (see `page_model_dir`, `page_models_root`), warmed up with one prediction"
+# %% ../nbs/14_app.ipynb #c088
+def load_page_predictor(s:Settings|None=None):
+    "The `Predictor` the page serves: `s.model_dir`, else the newest bundle under `models_root(s)`, else the starter; warmed up"
     from bear_classifier.inference import Predictor
-    p = Predictor.load(page_model_dir(model_dir), models_root=page_models_root(models_root))
+    s = s or settings()
+    d = s.model_dir
+    if not d:
+        from bear_classifier.export import ensure_bundle
+        d = ensure_bundle(models_root(s))
+    p = Predictor.load(d)
     p.predict(Image.new('RGB', (224, 224), (128, 128, 128)))     # first forward pass: allocations, kernels
     return p
 
-# %% ../nbs/14_app.ipynb #c040
+# %% ../nbs/14_app.ipynb #c091
 def port_is_free(port:int, host:str='127.0.0.1') -> bool:
     "True when nothing listens on `host:port`"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try: s.bind((host, port)); return True
         except OSError: return False
 
-def choose_model(model=None, models_root='models'):
-    "The bundle folder to serve: `model`, else the newest bundle under `models_root`, else the starter (built there if missing)"
-    if model:
-        d = Path(model)
-        if not (d/'model.json').exists():
-            raise SystemExit(f"bear-app: {d} is not a model bundle (no model.json); pass a folder under models/ or leave --model out")
-        return d.resolve()
-    from bear_classifier.export import latest_bundle, build_starter     # imports torch
-    d = latest_bundle(models_root)
-    if d is None:
-        print(f"bear-app: no bundle in {models_root}; building the offline starter model", flush=True)
-        d = build_starter(models_root)
-    return Path(d).resolve()
+# %% ../nbs/14_app.ipynb #c094
+def check_launch(root:Path, port:int):
+    "Exit with one line unless `root` is a checkout holding the page and `port` on 127.0.0.1 is free"
+    if not (root/PAGE).exists():
+        raise SystemExit(f"bear-app: {PAGE} not found under {root}; run bear-app from a checkout of the project")
+    if not port_is_free(port):
+        raise SystemExit(f"bear-app: port {port} on 127.0.0.1 is in use (another bear-app?); stop it or pass --port N")
 
+# %% ../nbs/14_app.ipynb #c097
+def choose_model(model=None, models=None) -> Path:
+    "The bundle folder to serve: `model`, else the newest bundle under `models` (default `models_root()`), else the starter"
+    from bear_classifier.bundle import BundleError, latest_bundle, read_card
+    if model:
+        try: read_card(model)
+        except BundleError as e:
+            raise SystemExit(f"bear-app: {one_line(e)}; pass a folder under models/ or leave --model out") from None
+        return Path(model).resolve()
+    models = Path(models) if models else models_root()
+    from bear_classifier.export import ensure_bundle
+    try:
+        if latest_bundle(models) is None: print(f"bear-app: no bundle in {models}; building the offline starter model", flush=True)
+        return Path(ensure_bundle(models)).resolve()
+    except Exception as e:
+        raise SystemExit(f"bear-app: no model to serve ({type(e).__name__}: {e}); pass --model DIR or fix {models}") from None
+
+# %% ../nbs/14_app.ipynb #c100
+def prepare_log(s:Settings|None=None) -> Path|None:
+    "The absolute log path `bear-app` hands to the kernels (None: `--log off`); checked by opening it once"
+    s = s or settings()
+    path = log_path(s)
+    if path is None:
+        if s.review_mode: raise SystemExit("bear-app: --review records every verdict in the prediction log; drop --log off")
+        return None
+    problem = log_problem(path)
+    if problem:
+        why = f"the prediction log {path} cannot be written ({problem})"
+        if s.review_mode: raise SystemExit(f"bear-app: --review records every verdict, but {why}; pass --log PATH")
+        print(f"bear-app: warning: {why}; the page will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
+    return path
+
+# %% ../nbs/14_app.ipynb #c103
+KERNEL_SETTINGS = ('model_dir', 'models', 'log_db', 'review_mode', 'review_root')
+
+def kernel_env(s:Settings) -> dict:
+    "The `BEAR_*` variables that hand `s`'s choices for the page to Voilà's kernels (which inherit the server's environment)"
+    env = {}
+    for name in KERNEL_SETTINGS:
+        v = getattr(s, name)
+        if v is not None: env[ENV_PREFIX + name.upper()] = ('1' if v else '0') if isinstance(v, bool) else str(v)
+    return env
+
+# %% ../nbs/14_app.ipynb #c106
+def served_settings(s:Settings, model_dir:Path, log:Path|None) -> Settings:
+    "`s` with the chosen `model_dir` and `log`, and every path absolute, as the kernels must see them"
+    return replace(s, model_dir=str(Path(model_dir).resolve()), models=str(models_root(s).resolve()),
+                   log_db=str(log) if log else 'off', review_root=str(review_dir(s)) if s.review_root else None)
+
+# %% ../nbs/14_app.ipynb #c108
 def voila_argv(root:Path, port:int=8866, pool:int=1) -> list:
     "Voilà's command line for the page in `root`: its config file path, template, port and kernel pool"
     return [str(root/PAGE), f'--Voila.config_file_paths={root}', f'--template={TEMPLATE}',
             f'--port={port}', f'--VoilaConfiguration.preheat_kernel={pool > 0}',
             f'--VoilaConfiguration.default_pool_size={max(pool, 0)}']
 
-# %% ../nbs/14_app.ipynb #c042
-def prepare_log(log=None, review:bool=False) -> Path|None:
-    "The absolute log path `bear-app` hands to the kernels (None: `--log off`); checked by opening it once"
-    path = page_log_path(log)
-    if path is None:
-        if review: raise SystemExit("bear-app: --review records every verdict in the prediction log; drop --log off")
-        return None
-    path = path.resolve()
-    try: PredictionLog(path).close()
-    except Exception as e:
-        why = f"the prediction log {path} cannot be written ({type(e).__name__}: {e})"
-        if review: raise SystemExit(f"bear-app: --review records every verdict, but {why}; pass --log PATH") from None
-        print(f"bear-app: warning: {why}; the page will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
-    return path
+# %% ../nbs/14_app.ipynb #c110
+def launch_line(s:Settings, card:dict, port:int, pool:int) -> str:
+    "What `bear-app` says as it starts serving: the model, the address, the kernel pool, review mode and the log"
+    log = log_path(s)
+    return (f"bear-app: serving {Path(s.model_dir).name} ({card.get('kind', '?')} model, version {card.get('version')}) "
+            f"at http://127.0.0.1:{port}/ with {pool} pre-heated kernel(s)" + ('; REVIEW MODE' if s.review_mode else '')
+            + (f"; prediction log {log}" if log else '; predictions not logged') + '; Ctrl+C stops')
 
-# %% ../nbs/14_app.ipynb #c044
+# %% ../nbs/14_app.ipynb #c113
 @call_parse
 def bear_app(
-    model:str=None,        # A model bundle folder to serve (default: the newest under --models, else the starter)
-    models:str=None,       # Where bundles live (default: models/ in the project)
+    model:str=None,        # A model bundle folder to serve (default: $BEAR_MODEL_DIR, else the newest under --models, else the starter)
+    models:str=None,       # Where bundles live (default: $BEAR_MODELS, else models/ in the project)
     port:int=8866,         # Port on 127.0.0.1
     pool:int=1,            # Pre-heated kernels kept ready (0: a kernel starts when a visitor arrives)
     log:str=None,          # Prediction log, SQLite (default: $BEAR_LOG_DB, else data/predictions.sqlite in the project; `off`: none)
@@ -369,28 +424,16 @@ def bear_app(
 ):
     "Serve the bear classifier page (nbs/app.ipynb) with Voilà on http://127.0.0.1:PORT/"
     root = project_root()
-    if not (root/PAGE).exists():
-        raise SystemExit(f"bear-app: {PAGE} not found under {root}; run bear-app from a checkout of the project")
-    if not port_is_free(port):
-        raise SystemExit(f"bear-app: port {port} on 127.0.0.1 is in use (another bear-app?); stop it or pass --port N")
-    models = Path(models) if models else root/'models'
-    d = choose_model(model, models) if model else None     # a named bundle is checked at once (no torch)
-    logdb = prepare_log(log, review)                        # before a starter build that may take a minute
-    if d is None:
-        try: d = choose_model(None, models)
-        except SystemExit: raise
-        except Exception as e:      # a corrupt bundle, a failed starter build, a full disk: one line, not a traceback
-            raise SystemExit(f"bear-app: no model to serve ({type(e).__name__}: {e}); pass --model DIR or fix {models}") from None
-    card = json.loads((d/'model.json').read_text())
-    os.environ['BEAR_MODEL_DIR'] = str(d)
-    os.environ['BEAR_MODELS'] = str(models.resolve())
+    check_launch(root, port)
+    try: s = settings(model_dir=model, models=models, log_db=log, review_mode=review)
+    except SettingsError as e: raise SystemExit(f"bear-app: {e}") from None
+    d = choose_model(s.model_dir) if s.model_dir else None     # a named bundle is checked at once
+    logdb = prepare_log(s)                                      # before a starter build that may take a minute
+    s = served_settings(s, d or choose_model(None, models_root(s)), logdb)
+    from bear_classifier.bundle import read_card             # imported by `choose_model` already
+    os.environ.update(kernel_env(s))
     os.environ['JUPYTER_PATH'] = os.pathsep.join(filter(None, [str(root/'share'/'jupyter'), os.environ.get('JUPYTER_PATH')]))
-    os.environ['BEAR_LOG_DB'] = str(logdb) if logdb else 'off'
-    os.environ['BEAR_REVIEW_MODE'] = '1' if review else '0'
-    if os.environ.get('BEAR_REVIEW_ROOT'): os.environ['BEAR_REVIEW_ROOT'] = str(Path(os.environ['BEAR_REVIEW_ROOT']).resolve())
-    print(f"bear-app: serving {d.name} ({card.get('kind', '?')} model, version {card.get('version')}) "
-          f"at http://127.0.0.1:{port}/ with {pool} pre-heated kernel(s)" + ('; REVIEW MODE' if review else '')
-          + (f"; prediction log {logdb}" if logdb else '; predictions not logged') + '; Ctrl+C stops', flush=True)
+    print(launch_line(s, read_card(s.model_dir), port, pool), flush=True)
     sys.stderr.flush()
     # Voilà replaces this process: torch, imported above to find or build the model, does not stay in the server
     os.execv(sys.executable, [sys.executable, '-m', 'voila', *voila_argv(root, port, pool)])

@@ -17,15 +17,13 @@ from pathlib import Path
 
 import psutil
 
+from bear_classifier import testing
+from bear_classifier.files import atomic_write, utc_now
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update', '--disable-sync']
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
 def wait_idle(proc, kernels, timeout=600, quiet_s=3.0, cpu_pct=10.0):
@@ -52,12 +50,11 @@ def wait_idle(proc, kernels, timeout=600, quiet_s=3.0, cpu_pct=10.0):
 
 
 def photo(tmp):
-    shared = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))/'bears_shift'/'grizzly'
-    files = sorted(shared.glob('*.jpg'))
+    "A grizzly from ../shared/data/bears_shift, else (fresh clone) a photo that ships with scikit-image"
+    folder = testing.shared_data('bears_shift', 'grizzly')
+    files = sorted(folder.glob('*.jpg')) if folder else []
     if files: return files[0]
-    from PIL import Image
-    from skimage import data as sk
-    p = Path(tmp)/'chelsea.jpg'; Image.fromarray(sk.chelsea()).save(p); return p
+    p = Path(tmp)/'chelsea.jpg'; testing.sample_photos()['chelsea'].save(p); return p
 
 
 def visit(browser, url, img):
@@ -79,7 +76,7 @@ def visit(browser, url, img):
 
 
 def run_mode(browser, model, pool, img):
-    port = free_port()
+    port = testing.free_port()
     log = open(Path(tempfile.gettempdir())/f'bench-app-{port}.log', 'w')
     t0 = time.time()
     db = Path(tempfile.gettempdir())/f'bench-app-{port}.sqlite'        # every click is logged, as in production, but not in data/
@@ -106,9 +103,8 @@ def main():
     ap.add_argument('--reps', type=int, default=2)
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
-    from bear_classifier.export import build_starter
     with tempfile.TemporaryDirectory() as tmp:
-        model, img = build_starter(Path(tmp)/'models'), photo(tmp)
+        model, img = testing.starter_bundle(), photo(tmp)
         rows = []
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path='/usr/bin/chromium', args=CHROMIUM_ARGS)
@@ -125,11 +121,10 @@ def main():
     for mode, s in summary.items():
         print(f"{mode:<12}{s['ready_s']:>14.1f}{s['page_s']:>10.1f}{s['click_s']:>10.2f}{s['ttfp_s']:>10.1f}")
     out = ROOT/'bench'/'results'/'app.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
     res = dict(bench='app time to first prediction', photo=str(img.name), cpus=os.cpu_count(),
                machine=platform.machine(), python=platform.python_version(), runs=rows, median=summary,
-               when=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
-    tmp_out = out.with_suffix('.json.tmp'); tmp_out.write_text(json.dumps(res, indent=2)); os.replace(tmp_out, out)
+               when=utc_now())
+    atomic_write(out, json.dumps(res, indent=2))
     print(f'wrote {out.relative_to(ROOT)}')
 
 

@@ -1,8 +1,9 @@
 """The Voilà app at widget level (no browser): the GUI built from the real starter `Predictor`, driven
 the way the browser drives it (set the FileUpload's value as ipywidgets 8 sends it, click Classify);
 the prediction log, the "wrong?" row and review mode (with a log in a temporary folder); the
-repository's Voilà configuration and template; the `bear-app` launcher's checks."""
-import base64, hashlib, io, json, socket, sqlite3, subprocess, sys
+repository's Voilà configuration and template; the `bear-app` launcher's checks and the settings it
+hands to the page's kernels."""
+import ast, base64, hashlib, io, json, re, socket, sqlite3, subprocess, sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import ipywidgets as widgets
 import pytest
 from PIL import Image
 
-from bear_classifier import app as bapp
+from bear_classifier import app as bapp, testing
 from bear_classifier.app import BearApp, build_app, thumbnail, upload_limit, websocket_limit
-from bear_classifier.monitor import NOT_A_BEAR, PredictionLog
+from bear_classifier.files import Settings
+from bear_classifier.images import MAX_IMAGE_BYTES, ImageError, decode_bytes
+from bear_classifier.predlog import NOT_A_BEAR, PredictionLog
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -21,9 +24,12 @@ BIN = Path(sys.executable).parent
 @pytest.fixture(scope='session')
 def predictor():
     "The real inference core on the offline starter model"
-    from _starter import starter_bundle
     from bear_classifier.inference import Predictor
-    return Predictor.load(starter_bundle())
+    return Predictor.load(testing.starter_bundle())
+
+
+@pytest.fixture(scope='session')
+def sample_photos(): return testing.sample_photos()
 
 
 def jpeg(im, **kw):
@@ -47,8 +53,8 @@ def thumb_of(app):
 
 
 @pytest.fixture(scope='session')
-def grizzly_photo(shared_data):
-    files = sorted((shared_data/'bears_shift'/'grizzly').glob('*.jpg'))
+def grizzly_photo():
+    files = sorted(testing.require_shared_data('bears_shift', 'grizzly').glob('*.jpg'))
     assert files, 'bears_shift/grizzly is empty'
     return files[0].read_bytes()
 
@@ -95,7 +101,7 @@ def test_matches_predictor(predictor, sample_photos):
     for name, im in sample_photos.items():
         data = jpeg(im)
         upload(app, data, f'{name}.jpg'); click(app)
-        pred = predictor.predict(data)
+        pred = predictor.predict_bytes(data)
         assert app.label.value == pred.sentence, name
         for k, v in pred.probs.items(): assert f'{v:.4f}' in app.probs.value
 
@@ -107,18 +113,9 @@ def test_coffee_is_not_a_bear(predictor, sample_photos):
     assert len(app.out.outputs) == 1                  # the thumbnail still shows what was classified
 
 
-def png_header(w, h):
-    "A PNG that declares w×h 1-bit pixels: what a decompression bomb's header looks like"
-    import struct, zlib
-    chunk = lambda t, d: struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d))
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 1, 0, 0, 0, 0))
-            + chunk(b'IDAT', zlib.compress(b'\0' * 64)) + chunk(b'IEND', b''))
-
-
 def _bad_uploads():
-    from bear_classifier.inference import MAX_IMAGE_BYTES
     good = jpeg(Image.new('RGB', (64, 48), (90, 60, 30)))
-    bomb = png_header(30000, 30000)                                                # 900 M pixels in 100 bytes
+    bomb = testing.png_bomb(30000, 30000)                                          # 900 M pixels in 100 bytes
     return {
         'empty': b'',
         'not_an_image': b'These are my notes about bears, not a picture.\n' * 20,
@@ -131,11 +128,12 @@ def _bad_uploads():
 
 @pytest.mark.parametrize('code', ['empty', 'not_an_image', 'truncated', 'decompression_bomb', 'too_large', 'unsupported_format'])
 def test_every_bad_upload_shows_its_message_and_the_page_keeps_working(predictor, sample_photos, code):
-    from bear_classifier.inference import ImageError
     data = _bad_uploads()[code]
-    with pytest.raises(ImageError) as e: predictor.predict({'name': f'{code}.jpg', 'content': memoryview(data)})
+    with pytest.raises(ImageError) as e: decode_bytes(data, name=f'{code}.jpg')            # the one decoder's message
     assert e.value.code == code
     message = str(e.value)
+    with pytest.raises(ImageError) as e2: predictor.predict_bytes(data, f'{code}.jpg')     # the inference core agrees
+    assert (e2.value.code, str(e2.value)) == (code, message)
     assert '\n' not in message and message
     app = BearApp(predictor)
     upload(app, data, f'{code}.jpg'); click(app)
@@ -143,7 +141,7 @@ def test_every_bad_upload_shows_its_message_and_the_page_keeps_working(predictor
     assert app.label.style.text_color and app.out.outputs == () and app.probs.value == ''
     assert app.upload.value == () and not app.button.disabled
     upload(app, jpeg(sample_photos['chelsea']), 'chelsea.jpg'); click(app)    # and the next photo works
-    assert app.label.value == predictor.predict(jpeg(sample_photos['chelsea'])).sentence
+    assert app.label.value == predictor.predict_bytes(jpeg(sample_photos['chelsea'])).sentence
     assert not app.label.style.text_color and len(app.out.outputs) == 1
 
 
@@ -171,10 +169,10 @@ def test_exif_rotated_photo_is_upright(predictor, grizzly_photo):
     ref = upright.resize((96, 128))
     diff = sum(abs(a - b) for a, b in zip(t.convert('L').getdata(), ref.convert('L').getdata())) / (96*128)
     assert diff < 12, diff
-    assert app.label.value == predictor.predict(sideways).sentence
+    assert app.label.value == predictor.predict_bytes(sideways).sentence
     assert app.label.value.startswith('Prediction: grizzly')
     # the model saw the upright photo too: its answer is the upright photo's, up to JPEG noise
-    assert abs(predictor.predict(sideways).probability - predictor.predict(upright).probability) < 0.02
+    assert abs(predictor.predict_bytes(sideways).probability - predictor.predict(upright).probability) < 0.02
 
 
 def test_huge_photo(predictor, grizzly_photo, tmp_path):
@@ -217,7 +215,7 @@ def test_every_answer_is_logged(predictor, grizzly_photo, logdb):
     app = BearApp(predictor, log=logdb)
     assert 'logged without the photo' in app.info.value
     upload(app, grizzly_photo); click(app)
-    pred = predictor.predict(grizzly_photo)
+    pred = predictor.predict_bytes(grizzly_photo)
     [r] = rows(logdb)
     assert (r['frontend'], r['model_name'], r['model_version'], r['model_kind']) == ('app', predictor.name, str(predictor.version), 'starter')
     assert (r['label'], r['in_domain']) == (pred.label, int(pred.in_domain)) == ('grizzly', 1)
@@ -234,7 +232,7 @@ def test_every_answer_is_logged(predictor, grizzly_photo, logdb):
 
 def test_right_and_wrong(predictor, grizzly_photo, logdb):
     "Right: logged, nothing kept. A correction: logged, and the photo lands in the review queue with a manifest row"
-    from bear_classifier.collect import read_manifest, usable_files
+    from bear_classifier.manifest import read_manifest, usable_files
     app = BearApp(predictor, log=logdb)
     upload(app, grizzly_photo); click(app)
     assert app.feedback.layout.display is None and shown_fixes(app) == {'black', 'teddy', NOT_A_BEAR}
@@ -259,12 +257,12 @@ def test_right_and_wrong(predictor, grizzly_photo, logdb):
 
 def test_review_mode(predictor, grizzly_photo, sample_photos, logdb):
     "The answer is a suggestion; Classify waits for the reviewer; verdicts land in the log's reviewer column"
-    from bear_classifier.collect import read_manifest
+    from bear_classifier.manifest import read_manifest
     from bear_classifier.monitor import window_figures
     app = build_app(predictor, log=logdb, review=True).bear
     assert 'Review mode' in app.box.children[2].value and app.right.description == 'Accept'
     upload(app, grizzly_photo); click(app)
-    p = predictor.predict(grizzly_photo).probability
+    p = predictor.predict_bytes(grizzly_photo).probability
     assert app.label.value == f'Suggested: grizzly ({p:.2f}) — accept or correct'
     assert app.button.disabled and app.feedback.layout.display is None
     coffee = jpeg(sample_photos['coffee'])
@@ -374,8 +372,46 @@ def test_bear_app_review_mode_needs_a_writable_log(tmp_path):
 def test_choose_model(tmp_path):
     "--model wins; else the newest bundle under --models (the starter is built only when there is none)"
     import shutil
-    from _starter import starter_bundle
+    from bear_classifier.testing import starter_bundle
     models = tmp_path/'models'
     shutil.copytree(starter_bundle(), models/'mine')
     assert bapp.choose_model(None, models) == (models/'mine').resolve()
     assert bapp.choose_model(str(starter_bundle()), models) == starter_bundle().resolve()
+
+
+def test_a_named_bundle_must_have_a_valid_card(tmp_path):
+    (tmp_path/'model.json').write_text('{"vocab": ["a"]')                          # cut short
+    with pytest.raises(SystemExit) as e: bapp.choose_model(str(tmp_path))
+    assert str(e.value).startswith('bear-app: ') and 'not valid JSON' in str(e.value) and '\n' not in str(e.value)
+
+
+# ---- the settings bear-app hands to the page's kernels ---------------------------------------------
+
+def test_kernels_read_back_what_bear_app_decided(tmp_path, monkeypatch):
+    "bear-app's choices, written as BEAR_* variables, are what `Settings.from_env` reads in the kernel"
+    monkeypatch.chdir(tmp_path)                                                    # the kernels run elsewhere (nbs/)
+    s = bapp.served_settings(Settings(models='models', review_root='queue', review_mode=True), 'models/m', tmp_path/'log.sqlite')
+    env = bapp.kernel_env(s)
+    assert env == {'BEAR_MODEL_DIR': str(tmp_path/'models'/'m'), 'BEAR_MODELS': str(tmp_path/'models'),
+                   'BEAR_LOG_DB': str(tmp_path/'log.sqlite'), 'BEAR_REVIEW_MODE': '1', 'BEAR_REVIEW_ROOT': str(tmp_path/'queue')}
+    back = Settings.from_env(env)
+    assert back == s and all(Path(getattr(back, f)).is_absolute() for f in ('model_dir', 'models', 'log_db', 'review_root'))
+    off = bapp.served_settings(Settings(), tmp_path/'m', None)
+    assert bapp.kernel_env(off)['BEAR_LOG_DB'] == 'off' and bapp.kernel_env(off)['BEAR_REVIEW_MODE'] == '0'
+    assert 'BEAR_REVIEW_ROOT' not in bapp.kernel_env(off)                          # unset: review/ beside the log
+
+
+def test_the_page_loads_the_model_bear_app_chose(predictor):
+    p = bapp.load_page_predictor(Settings(model_dir=str(testing.starter_bundle())))
+    assert (p.name, p.version, p.vocab) == (predictor.name, predictor.version, predictor.vocab)
+
+
+def test_app_reads_no_environment_and_imports_no_other_front_end():
+    "Configuration comes only through bear_classifier.files; app and the JSON service never import each other"
+    tree = ast.parse(Path(bapp.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.split('.')[-1] in ('api', 'service', 'testing')}, imported
+    names = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+             and re.fullmatch(r'BEAR_[A-Z_]+', n.value)]
+    assert not names, names                                                        # no BEAR_* variable named by hand

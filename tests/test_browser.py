@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bear_classifier import testing
+from bear_classifier.images import ImageError, decode_bytes
+from bear_classifier.manifest import read_manifest
+from bear_classifier.predlog import NOT_A_BEAR, PredictionLog
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ARTIFACTS = ROOT/'tests'/'artifacts'
@@ -23,19 +28,13 @@ STEP_MS = 90_000     # one upload + classify, on a busy 2-core machine
 pytestmark = pytest.mark.browser
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
     if not Path(CHROMIUM).exists(): pytest.skip(f'{CHROMIUM} not found: install Debian\'s chromium package (.ci/run does)')
     tmp = tmp_path_factory.mktemp('app')
-    port, log, db = free_port(), tmp/'bear-app.log', tmp/'data'/'predictions.sqlite'
-    from _starter import starter_bundle
+    port, log, db = testing.free_port(), tmp/'bear-app.log', tmp/'data'/'predictions.sqlite'
     env = {k: v for k, v in os.environ.items() if k not in ('BEAR_REVIEW_ROOT', 'BEAR_KEEP_IMAGES')}
-    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(starter_bundle()), '--port', str(port), '--log', str(db)],
+    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(testing.starter_bundle()), '--port', str(port), '--log', str(db)],
                             cwd=ROOT, env=env, stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
     url = f'http://127.0.0.1:{port}/'
     try:
@@ -99,8 +98,8 @@ def save_jpeg(im, path, **kw):
 @pytest.fixture(scope='module')
 def bear(tmp_path_factory):
     "A grizzly from ../shared/data/bears_shift, else (fresh clone) a scikit-image photo"
-    shared = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
-    files = sorted((shared/'bears_shift'/'grizzly').glob('*.jpg'))
+    folder = testing.shared_data('bears_shift', 'grizzly')
+    files = sorted(folder.glob('*.jpg')) if folder else []
     if files: return Image.open(files[0]).convert('RGB'), True
     from skimage import data as sk
     return Image.fromarray(sk.chelsea()), False
@@ -118,9 +117,8 @@ def big_jpeg(im, path):
 
 
 def image_error(path):
-    "The inference core's one-line message for the file at `path`, as the page must show it"
-    from bear_classifier.inference import ImageError, decode_image
-    with pytest.raises(ImageError) as e: decode_image({'name': path.name, 'content': memoryview(path.read_bytes())})
+    "The decoder's one-line message for the file at `path`, as the page must show it"
+    with pytest.raises(ImageError) as e: decode_bytes(path.read_bytes(), name=path.name)
     return str(e.value)
 
 
@@ -147,7 +145,7 @@ def test_grizzly(page, server, bear, tmp_path):
     assert page.locator('.bear-probs-table tr').count() == 3
     shot(page, '1_grizzly')
     # "wrong?": correct the answer; the page thanks, the log and the review queue have it
-    answer = text.split(';')[0].removeprefix('Prediction: ') if text.startswith('Prediction') else 'not_a_bear'
+    answer = text.split(';')[0].removeprefix('Prediction: ') if text.startswith('Prediction') else NOT_A_BEAR
     fix = 'teddy' if answer != 'teddy' else 'black'
     assert page.locator(f'.bear-fix-{answer}').count() == 1 and not page.locator(f'.bear-fix-{answer}').is_visible()
     page.click(f'.bear-fix-{fix}')
@@ -155,13 +153,11 @@ def test_grizzly(page, server, bear, tmp_path):
     assert page.inner_text('.bear-thanks').strip() == f'Thanks — saved as {fix} for review'
     assert page.locator('.bear-right').is_disabled() and page.locator(f'.bear-fix-{fix}').is_disabled()
     shot(page, '1b_corrected')
-    from bear_classifier.collect import read_manifest
-    from bear_classifier.monitor import PredictionLog
     db = server[2]
     log = PredictionLog(db)
     last = log.rows()[-1]; log.close()
     assert (last['frontend'], last['model_kind'], last['feedback']) == ('app', 'starter', fix)
-    assert (last['label'] if last['in_domain'] else 'not_a_bear') == answer
+    assert (last['label'] if last['in_domain'] else NOT_A_BEAR) == answer
     assert [(m['label'], m['source']) for m in read_manifest(db.parent/'review')] == [(fix, 'feedback')]
 
 
