@@ -6,10 +6,8 @@ Docs: https://bear-classifier.github.io/bear_classifier/api.html.md"""
 
 # %% ../nbs/16_api.ipynb #c003
 from __future__ import annotations
-import asyncio, base64, binascii, hashlib, json, logging, os, re, socket, sys, tempfile, threading, time
-from concurrent.futures import Future, ThreadPoolExecutor
+import base64, binascii, json, logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
@@ -19,111 +17,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
-from starlette.datastructures import Headers, UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastcore.script import call_parse
 
 from . import __version__
-from .inference import Predictor, Prediction, ImageError, MAX_IMAGE_BYTES, decode_bytes
-from .monitor import PredictionLog, NOT_A_BEAR
-from .app import page_log_path, project_root, PAGE
-
-_log = logging.getLogger('bear_classifier.api')
+from .files import Settings, SettingsError, atomic_write, log_path
+from .predlog import NOT_A_BEAR, log_problem
+from .service import ANSWERS, RETRY, ServiceState, Unprocessable, LimitUploadSize
+from .service import as_service_error, error_response, upload_limits, bind_socket
 
 # %% auto #0
-__all__ = ['ENV_PREFIX', 'IMAGE_ERROR_STATUS', 'RETRY', 'MULTIPART_SLACK', 'Base64Image', 'ERROR_RESPONSES', 'FEEDBACK_RESPONSES',
-           'PREDICT_BODY', 'BATCH_BODY', 'API_DESCRIPTION', 'SettingsError', 'Settings', 'split_origins', 'ApiError',
-           'image_error_status', 'error_response', 'ModelInfo', 'PredictionOut', 'ErrorOut', 'BatchItem', 'HealthOut',
-           'model_info', 'prediction_out', 'public_card', 'QueueFull', 'InferencePool', 'BodyTooLarge',
-           'LimitUploadSize', 'media_type', 'accepted_image_type', 'read_form', 'upload_bytes', 'read_image',
-           'service_log_path', 'PredictionRecorder', 'FeedbackIn', 'FeedbackOut', 'logged_answer', 'record_verdict',
-           'image_sha256', 'predict_one', 'predict_many', 'ServiceState', 'create_app', 'bind_socket', 'LoopbackServer',
-           'serve_in_thread', 'openapi_schema', 'write_openapi', 'check_log', 'bear_serve']
+__all__ = ['Base64Image', 'ERROR_RESPONSES', 'FEEDBACK_RESPONSES', 'PREDICT_BODY', 'BATCH_BODY', 'API_DESCRIPTION', 'ModelInfo',
+           'PredictionOut', 'ErrorOut', 'BatchItem', 'HealthOut', 'FeedbackIn', 'FeedbackOut', 'handle_error',
+           'add_error_handlers', 'data_plane', 'add_predict_routes', 'add_feedback_route', 'add_status_routes',
+           'create_app', 'openapi_schema', 'write_openapi', 'check_log', 'serve', 'bear_serve']
 
-# %% ../nbs/16_api.ipynb #c006
-class SettingsError(ValueError):
-    "A setting (flag or environment variable) has an invalid value"
-
-ENV_PREFIX = 'BEAR_'
-
-@dataclass(frozen=True)
-class Settings:
-    "Configuration of the prediction service; `Settings.from_env()` reads `BEAR_*` environment variables"
-    model_dir: str|None = None          # a model bundle folder; None: newest bundle under models_root, else the starter
-    models_root: str = 'models'         # where bundles live
-    host: str = '127.0.0.1'             # interface to bind; loopback unless you mean otherwise
-    port: int = 8000                    # TCP port; 0 picks a free one
-    max_upload_bytes: int = MAX_IMAGE_BYTES  # largest image accepted, per file
-    max_batch: int = 16                 # most files in one /predict/batch request
-    workers: int = 1                    # inference threads
-    queue: int = 32                     # requests allowed to wait for a worker; beyond that: 503
-    cors_origins: tuple = ()            # browser origins allowed to call the API ('*' for any); none by default
-    threads: int|None = None            # threads one inference may use (onnxruntime/torch intra-op; None: all cores)
-    log_db: str|None = None             # the prediction log (SQLite), or 'off'; None: data/predictions.sqlite in the project
-    review_root: str|None = None        # where corrections sent to /feedback are saved; None: review/ beside the log
-
-    def __post_init__(self):
-        def need(ok, msg):
-            if not ok: raise SettingsError(msg)
-        need(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
-        need(self.max_upload_bytes >= 1, f"max_upload_bytes must be at least 1, got {self.max_upload_bytes}")
-        need(self.max_batch >= 1, f"max_batch must be at least 1, got {self.max_batch}")
-        need(self.workers >= 1, f"workers must be at least 1, got {self.workers}")
-        need(self.queue >= 0, f"queue must be 0 or more, got {self.queue}")
-        need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
-        if isinstance(self.cors_origins, str): object.__setattr__(self, 'cors_origins', split_origins(self.cors_origins))
-        else: object.__setattr__(self, 'cors_origins', tuple(self.cors_origins))
-
-    @classmethod
-    def from_env(cls, environ=None, **overrides) -> Settings:
-        "Settings from `BEAR_<NAME>` variables in `environ` (default `os.environ`); non-None `overrides` win"
-        environ = os.environ if environ is None else environ
-        kw = {}
-        for f in fields(cls):
-            var = ENV_PREFIX + f.name.upper()
-            if overrides.get(f.name) is not None: kw[f.name] = overrides[f.name]
-            elif environ.get(var, '').strip(): kw[f.name] = _parse_env(f.name, var, environ[var].strip())
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown: raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        return cls(**kw)
-
-def split_origins(s:str) -> tuple:
-    "'https://a.example, https://b.example' -> ('https://a.example', 'https://b.example')"
-    return tuple(o.strip().rstrip('/') for o in s.split(',') if o.strip())
-
-_INT_SETTINGS = {'port', 'max_upload_bytes', 'max_batch', 'workers', 'queue', 'threads'}
-def _parse_env(name, var, value):
-    if name not in _INT_SETTINGS: return value
-    try: return int(value.replace('_', ''))
-    except ValueError: raise SettingsError(f"{var} must be a whole number, got {value!r}") from None
-
-# %% ../nbs/16_api.ipynb #c009
-class ApiError(Exception):
-    "An error response: HTTP `status`, a stable `code` for programs and a one-line `detail` for people"
-    def __init__(self, status:int, code:str, detail:str, headers:dict|None=None):
-        super().__init__(detail)
-        self.status, self.code, self.detail, self.headers = status, code, detail, headers
-
-IMAGE_ERROR_STATUS = {'empty': 400, 'not_an_image': 400, 'truncated': 400,
-                      'too_large': 413, 'decompression_bomb': 413, 'unsupported_format': 415}
-
-def image_error_status(e:ImageError) -> int:
-    "The HTTP status for an `ImageError` from the inference core (400 for codes we do not know)"
-    return IMAGE_ERROR_STATUS.get(getattr(e, 'code', None), 400)
-
-def error_response(status:int, code:str, detail:str, headers:dict|None=None) -> JSONResponse:
-    "The JSON body every error of this service has: `{error, detail}`"
-    return JSONResponse({'error': code, 'detail': detail}, status_code=status, headers=headers)
-
-RETRY = {'Retry-After': '1'}
-
-# %% ../nbs/16_api.ipynb #c012
+# %% ../nbs/16_api.ipynb #c008
 class ModelInfo(BaseModel):
     "Which model answered"
     name: str
     version: str
     kind: str = Field(description="'starter' (derived from ImageNet, no training) or 'trained'")
 
+# %% ../nbs/16_api.ipynb #c010
 class PredictionOut(BaseModel):
     "One image's prediction"
     id: int|None = Field(None, description='its row in the prediction log, for POST /feedback; '
@@ -135,11 +50,13 @@ class PredictionOut(BaseModel):
     in_domain: bool = Field(description='false when the photo does not look like any of our bears')
     model: ModelInfo
 
+# %% ../nbs/16_api.ipynb #c012
 class ErrorOut(BaseModel):
     "The body of every error response"
     error: str = Field(description='a stable code: too_large, not_an_image, busy, ...')
     detail: str = Field(description='a one-line message for people')
 
+# %% ../nbs/16_api.ipynb #c014
 class BatchItem(BaseModel):
     "The result for one file of a batch: a prediction, or the error that file alone would have got"
     filename: str|None = None
@@ -148,6 +65,7 @@ class BatchItem(BaseModel):
     error: str|None = None
     detail: str|None = None
 
+# %% ../nbs/16_api.ipynb #c016
 class HealthOut(BaseModel):
     "Readiness of this process"
     status: Literal['loading', 'ready', 'error']
@@ -158,272 +76,7 @@ class HealthOut(BaseModel):
     pending: int = Field(description='requests being served or waiting for a worker')
     logging: bool = Field(False, description='whether predictions are logged (and POST /feedback takes verdicts)')
 
-def model_info(p) -> ModelInfo:
-    return ModelInfo(name=str(p.name), version=str(p.version), kind=str(p.kind))
-
-def prediction_out(pred:Prediction, info:ModelInfo, id:int|None=None) -> PredictionOut:
-    "The JSON form of a `Prediction` (plain Python floats, whatever the model's dtype), with its log row `id`"
-    return PredictionOut(id=id, label=str(pred.label), index=int(pred.index), probability=float(pred.probability),
-                         probabilities={str(k): float(v) for k, v in pred.probs.items()},
-                         in_domain=bool(pred.in_domain), model=info)
-
-# %% ../nbs/16_api.ipynb #c014
-_SECRET_KEY = re.compile(r'secret|token|passw|api_?key|credential|auth|cookie|private', re.I)
-_PATH_KEY = re.compile(r'(^|_)(path|paths|dir|root|home|cwd)$', re.I)
-_ABS_PATH = re.compile(r'^(/|~|[A-Za-z]:[\\/]|\\\\)')
-
-def public_card(card) -> Any:
-    "`card` without keys that name paths or secrets and without values that are absolute paths"
-    if isinstance(card, dict):
-        return {k: public_card(v) for k, v in card.items()
-                if not (_SECRET_KEY.search(str(k)) or _PATH_KEY.search(str(k)))
-                and not (isinstance(v, str) and _ABS_PATH.match(v))}
-    if isinstance(card, (list, tuple)):
-        return [public_card(v) for v in card if not (isinstance(v, str) and _ABS_PATH.match(v))]
-    return card
-
-# %% ../nbs/16_api.ipynb #c017
-class QueueFull(RuntimeError):
-    "The pool already holds `workers + queue` jobs"
-
-class InferencePool:
-    "A `ThreadPoolExecutor` of `workers` threads that holds at most `workers + queue` jobs"
-    def __init__(self, workers:int=1, queue:int=32, name:str='bear-infer'):
-        self.workers, self.queue, self.capacity = workers, queue, workers + queue
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-        self._lock, self._pending = threading.Lock(), 0
-
-    @property
-    def pending(self) -> int: return self._pending
-    @property
-    def full(self) -> bool: return self._pending >= self.capacity
-
-    def submit(self, fn:Callable, *args) -> Future:
-        "Run `fn(*args)` on a worker; raise `QueueFull` at once when the pool is full"
-        with self._lock:
-            if self._pending >= self.capacity:
-                raise QueueFull(f"all {self.workers} workers are busy and {self.queue} requests are waiting")
-            self._pending += 1
-        try: return self._executor.submit(self._run, fn, *args)
-        except BaseException: self._release(); raise
-
-    def _run(self, fn, *args):
-        try: return fn(*args)
-        finally: self._release()
-
-    def _release(self):
-        with self._lock: self._pending -= 1
-
-    async def run(self, fn:Callable, *args):
-        "Await `fn(*args)` on a worker without blocking the event loop"
-        return await asyncio.wrap_future(self.submit(fn, *args))
-
-    def shutdown(self, wait=True): self._executor.shutdown(wait=wait, cancel_futures=True)
-
-# %% ../nbs/16_api.ipynb #c021
-MULTIPART_SLACK = 64 * 1024   # room for multipart boundaries and part headers
-
-class BodyTooLarge(Exception):
-    "A request body went over its limit while it was streaming in"
-    def __init__(self, limit): super().__init__(f"the request body is over the {limit:,} byte limit"); self.limit = limit
-
-class LimitUploadSize:
-    "ASGI middleware: refuse request bodies over `limits[path]` (or `default`) bytes with 413, without buffering them"
-    def __init__(self, app, limits:dict, default:int=64*1024):
-        self.app, self.limits, self.default = app, limits, default
-
-    async def __call__(self, scope, receive, send):
-        if scope['type'] != 'http': return await self.app(scope, receive, send)
-        limit = self.limits.get(scope['path'].rstrip('/') or '/', self.default)
-        declared = Headers(scope=scope).get('content-length', '')
-        if declared.isdigit() and int(declared) > limit:
-            detail = f"the request body is {int(declared):,} bytes; the limit is {limit:,}"
-            return await error_response(413, 'too_large', detail)(scope, receive, send)
-        seen = 0
-        async def counted_receive():
-            nonlocal seen
-            message = await receive()
-            if message['type'] == 'http.request':
-                seen += len(message.get('body', b''))
-                if seen > limit: raise BodyTooLarge(limit)
-            return message
-        await self.app(scope, counted_receive, send)
-
-# %% ../nbs/16_api.ipynb #c023
-def media_type(content_type:str|None) -> str:
-    "'Image/JPEG; q=1' -> 'image/jpeg'"
-    return (content_type or '').split(';', 1)[0].strip().lower()
-
-def accepted_image_type(mt:str) -> bool:
-    "Content types we try to decode: any image/*, or unlabelled bytes"
-    return mt.startswith('image/') or mt in ('application/octet-stream', '')
-
-async def read_form(request:Request, max_files:int):
-    "Parse a multipart body (Starlette spools files to disk past 1 MB); broken multipart is a 422"
-    try: return await request.form(max_files=max_files, max_fields=max_files + 16)
-    except StarletteHTTPException as e:   # Starlette turns multipart parse errors into 400s
-        if 'Too many files' in str(e.detail):
-            raise ApiError(413, 'too_many_files', f"send at most {max_files} file(s) in one request") from None
-        raise ApiError(422, 'malformed_request', f"the multipart body could not be parsed: {e.detail}") from None
-
-async def upload_bytes(up:UploadFile, limit:int) -> bytes:
-    "The bytes of one multipart file, refusing non-image content types and files over `limit`"
-    mt = media_type(up.content_type)
-    if not accepted_image_type(mt):
-        raise ApiError(415, 'unsupported_media_type', f"{up.filename or 'the file'} is {mt}, not an image")
-    if up.size is not None and up.size > limit:
-        raise ApiError(413, 'too_large', f"{up.filename or 'the file'} is {up.size:,} bytes; the limit is {limit:,}")
-    data = await up.read()
-    if not data: raise ApiError(400, 'empty', f"{up.filename or 'the file'} is empty")
-    return data
-
-async def read_image(request:Request, limit:int) -> tuple[bytes, str|None]:
-    "The one image of a /predict request and its file name: multipart field `file`, or a raw image body"
-    mt = media_type(request.headers.get('content-type'))
-    if mt == 'multipart/form-data':
-        form = await read_form(request, max_files=1)
-        files = [v for v in form.getlist('file') if isinstance(v, UploadFile)]
-        if not files:
-            raise ApiError(422, 'missing_file', "send the image as the multipart file field 'file'")
-        return await upload_bytes(files[0], limit), files[0].filename
-    if not mt or not accepted_image_type(mt):
-        raise ApiError(415, 'unsupported_media_type',
-                       f"send an image/* body or a multipart form with a 'file' field, not {mt or 'no content type'}")
-    data = await request.body()
-    if not data: raise ApiError(400, 'empty', 'the request body is empty: send the image bytes')
-    if len(data) > limit: raise ApiError(413, 'too_large', f"the image is {len(data):,} bytes; the limit is {limit:,}")
-    return data, None
-
-# %% ../nbs/16_api.ipynb #c025
-def service_log_path(log=None) -> Path|None:
-    "The service's prediction log: `log` (flag or `$BEAR_LOG_DB`), else `data/predictions.sqlite` at the project root; None for `off`"
-    p = page_log_path(log)                 # the page's rule, so both front ends find the same file
-    if p is None: return None
-    if not (log or os.environ.get('BEAR_LOG_DB')) and not (project_root()/PAGE).exists():
-        p = Path('data')/'predictions.sqlite'   # an installed package outside a checkout: beside the working directory
-    return p.resolve()
-
-class PredictionRecorder:
-    "The service's `PredictionLog`, written by one background thread; a logging problem never fails a request"
-    def __init__(self, path=None, review_root=None, wait_s:float=0.5, max_pending_bytes:int=64*2**20,
-                 reopen_s:float=30.0, quiet_s:float=10.0):
-        self.path = Path(path) if path else None
-        review_root = review_root or os.environ.get('BEAR_REVIEW_ROOT')
-        self.review_root = Path(review_root).expanduser().resolve() if review_root else None
-        self.wait_s, self.max_pending_bytes, self.reopen_s, self.quiet_s = wait_s, max_pending_bytes, reopen_s, quiet_s
-        self.written = self.errors = 0
-        self._log, self._failed_at, self._executor = None, None, None
-        self._lock, self._pending_bytes, self._warned = threading.Lock(), 0, {}
-
-    @property
-    def enabled(self) -> bool: return self.path is not None
-
-    def start(self):
-        "Start the writer thread and open (create) the log on it, before the first request needs it"
-        if self.enabled and self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix='bear-log')
-            self._executor.submit(self._open)
-        return self
-
-    def close(self, timeout:float=5.0):
-        "Write what is queued (for up to `timeout` s), then close the log"
-        if self._executor is None: return
-        ex, self._executor = self._executor, None
-        try: ex.submit(self._close).result(timeout)
-        except Exception: pass
-        ex.shutdown(wait=False)
-
-    def _close(self):
-        if self._log is not None: self._log.close(); self._log = None
-
-    def warn(self, kind:str, text:str):
-        "One line on stderr; the same `kind` of problem at most once every `quiet_s` seconds"
-        now = time.monotonic()
-        with self._lock:
-            last, hidden = self._warned.get(kind, (None, 0))
-            if last is not None and now - last < self.quiet_s:
-                self._warned[kind] = (last, hidden + 1); return
-            self._warned[kind] = (now, 0)
-        more = f" ({hidden} more like this in the last {now - last:.0f} s)" if hidden else ''
-        print(f"bear-serve: {text}{more}", file=sys.stderr, flush=True)
-
-    def _open(self) -> PredictionLog|None:
-        "The open log (on the writer thread), or None while it cannot be opened"
-        if self._log is None:
-            if self._failed_at is not None and time.monotonic() - self._failed_at < self.reopen_s: return None
-            try: self._log, self._failed_at = PredictionLog(self.path, review_root=self.review_root), None
-            except Exception as e:
-                self._failed_at = time.monotonic()
-                self.warn('open', f"cannot open the prediction log {self.path} ({type(e).__name__}: {_one_line(e)}); answering without logging")
-        return self._log
-
-    def _broken(self, e:Exception, what:str):
-        "A write failed: say so, and reopen the log later (a deleted folder, a full disk that was cleaned up)"
-        self.errors += 1
-        self.warn('write', f"{what} not logged in {self.path} ({type(e).__name__}: {_one_line(e)}); the client got its answer anyway")
-        if 'locked' not in str(e) and 'busy' not in str(e):
-            try: self._close()
-            except Exception: pass
-            self._failed_at = time.monotonic()
-
-    def _write(self, items, model:dict, cost:int) -> list:
-        try:
-            log = self._open()
-            if log is None: return [None] * len(items)
-            ids = []
-            for pred, image, size, ms in items:
-                try:
-                    ids.append(log.log(pred, 'api', model=model, image=image, size=size, latency_ms=round(ms, 2)))
-                    self.written += 1
-                except Exception as e:
-                    ids.append(None); self._broken(e, 'a prediction')
-                    if self._log is None: return ids + [None] * (len(items) - len(ids))
-            return ids
-        except Exception as e:          # never let the writer thread die on a surprise
-            self._broken(e, 'a prediction'); return [None] * len(items)
-        finally:
-            with self._lock: self._pending_bytes -= cost
-
-    async def record(self, items, model:dict) -> list:
-        "Log `items`, each (prediction, image bytes, (width, height), latency in ms); their row ids, None where not (yet) written"
-        none = [None] * len(items)
-        if self._executor is None or not items: return none
-        cost = sum(len(b or b'') + 1024 for _, b, _, _ in items)
-        with self._lock:
-            full = self._pending_bytes + cost > self.max_pending_bytes
-            if not full: self._pending_bytes += cost
-        if full:
-            self.errors += len(items)
-            self.warn('full', f"the prediction log {self.path} is not keeping up; {len(items)} prediction(s) not logged")
-            return none
-        try: fut = self._executor.submit(self._write, items, model, cost)
-        except RuntimeError:              # shutting down
-            with self._lock: self._pending_bytes -= cost
-            return none
-        try: return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.wait_s)
-        except asyncio.TimeoutError:
-            self.warn('slow', f"the prediction log {self.path} is slow (locked?); answered without a row id, the row is written later")
-            return none
-
-    async def call(self, fn:Callable, *args, timeout:float=30.0):
-        "Run `fn(log, *args)` on the writer thread with the open log; 503 when there is none"
-        if self._executor is None:
-            raise ApiError(503, 'feedback_off', 'this server keeps no prediction log (--log off), so it cannot take feedback')
-        def job():
-            log = self._open()
-            if log is None: raise ApiError(503, 'log_unavailable', 'the prediction log cannot be opened; the server log says why')
-            try: return fn(log, *args)
-            except (ApiError, ImageError): raise
-            except Exception as e:
-                self._broken(e, 'a verdict')
-                raise ApiError(503, 'log_unavailable', f'the verdict could not be written to the prediction log ({type(e).__name__}); try again') from None
-        try: return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._executor.submit(job))), timeout)
-        except asyncio.TimeoutError:
-            raise ApiError(503, 'log_unavailable', 'the prediction log is busy; try again in a moment', RETRY) from None
-
-def _one_line(e) -> str: return (str(e).splitlines() or [''])[0]
-
-# %% ../nbs/16_api.ipynb #c031
+# %% ../nbs/16_api.ipynb #c019
 def _base64_image(v):
     "The bytes of a base64 string (a `data:image/...;base64,` URL is accepted too)"
     if v is None: return None
@@ -435,6 +88,7 @@ def _base64_image(v):
 Base64Image = Annotated[bytes, BeforeValidator(_base64_image), WithJsonSchema(
     {'type': 'string', 'contentEncoding': 'base64', 'contentMediaType': 'image/*'})]
 
+# %% ../nbs/16_api.ipynb #c021
 class FeedbackIn(BaseModel):
     "A verdict on one logged prediction"
     model_config = ConfigDict(extra='forbid')
@@ -445,6 +99,7 @@ class FeedbackIn(BaseModel):
     image: Base64Image|None = Field(None, description='the photo that was classified, base64-encoded; '
                                     'with a correction it is saved into the review queue')
 
+# %% ../nbs/16_api.ipynb #c023
 class FeedbackOut(BaseModel):
     "What became of a verdict"
     id: int
@@ -453,76 +108,7 @@ class FeedbackOut(BaseModel):
     saved: str|None = Field(description='where the photo was saved, relative to the review queue (label/file); '
                             'null for a confirmation or when no photo was sent')
 
-def logged_answer(log:PredictionLog, pred_id:int) -> dict:
-    "The model's answer (`not_a_bear` when out of domain) and image hash of a logged prediction; 404 if unknown"
-    row = log.con.execute('SELECT label, in_domain, sha256 FROM predictions WHERE id=?', (pred_id,)).fetchone()
-    if row is None: raise ApiError(404, 'unknown_id', f'no prediction with id {pred_id} in the log')
-    return dict(answer=row[0] if row[1] else NOT_A_BEAR, sha256=row[2])
-
-def record_verdict(log:PredictionLog, pred_id:int, label:str, image:bytes|None) -> str|None:
-    "Store the verdict; the saved photo's path relative to the review queue, or None"
-    path = log.feedback(pred_id, label, image=image)
-    if path is None: return None
-    root = Path(log.review_root)
-    try: return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError: return f'{label}/{Path(path).name}'
-
-def image_sha256(image:bytes, max_bytes:int) -> str:
-    "Check that `image` decodes (else `ImageError`) and return its SHA-256"
-    decode_bytes(image, max_bytes=max_bytes)
-    return hashlib.sha256(image).hexdigest()
-
-# %% ../nbs/16_api.ipynb #c034
-def predict_one(p, data:bytes, name:str|None, max_bytes:int):
-    "Decode and classify one upload on a worker: (Prediction, (width, height), milliseconds)"
-    t0 = time.perf_counter()
-    img = decode_bytes(data, name, max_bytes)
-    pred = p.predict(img)
-    return pred, img.size, (time.perf_counter() - t0) * 1000
-
-def predict_many(p, items:list, max_bytes:int):
-    "Decode and classify [(name, bytes)] on a worker: ([(Prediction or ImageError, (w, h) or None)], milliseconds per image)"
-    t0 = time.perf_counter()
-    imgs = []
-    for name, b in items:
-        try: imgs.append(decode_bytes(b, name, max_bytes))
-        except ImageError as e: imgs.append(e)
-    ok = [im for im in imgs if not isinstance(im, ImageError)]
-    preds = iter(p.predict_batch(ok) if ok else [])
-    out = [(im, None) if isinstance(im, ImageError) else (next(preds), im.size) for im in imgs]
-    return out, (time.perf_counter() - t0) * 1000 / max(len(ok), 1)
-
-# %% ../nbs/16_api.ipynb #c036
-class ServiceState:
-    "The model of one process: `loading` until `predictor` is set, `error` if loading failed"
-    def __init__(self, predictor=None):
-        self.predictor, self.error = predictor, None
-        self.info = model_info(predictor) if predictor is not None else None
-        self.ready = threading.Event()
-        if predictor is not None: self.ready.set()
-
-    @property
-    def status(self) -> str: return 'ready' if self.ready.is_set() else 'error' if self.error else 'loading'
-
-    def load(self, loader:Callable):
-        "Call `loader()` (in a background thread) and publish its predictor"
-        t0 = time.perf_counter()
-        try: p = loader()
-        except BaseException as e:
-            self.error = f"{type(e).__name__}: {e}".splitlines()[0]
-            _log.error("bear-serve: the model failed to load: %s", self.error)
-            return
-        self.predictor, self.info = p, model_info(p)
-        self.ready.set()
-        _log.info("model %s v%s (%s) loaded in %.1f s", p.name, p.version, p.kind, time.perf_counter() - t0)
-
-    def require(self):
-        "The predictor, or a 503 saying why there is none yet"
-        if self.ready.is_set(): return self.predictor
-        if self.error: raise ApiError(503, 'model_unavailable', f"the model failed to load: {self.error}")
-        raise ApiError(503, 'not_ready', 'the model is still loading; retry in a moment', RETRY)
-
-# %% ../nbs/16_api.ipynb #c037
+# %% ../nbs/16_api.ipynb #c026
 ERROR_RESPONSES = {s: {'model': ErrorOut, 'description': d} for s, d in {
     400: 'Not an image: empty, not an image file, or truncated',
     413: 'Over the configured upload size (or too many files, or too many pixels)',
@@ -537,6 +123,7 @@ FEEDBACK_RESPONSES = {s: {'model': ErrorOut, 'description': d} for s, d in {
     422: "Malformed JSON, a label the model does not know, or a photo that is not the one predicted",
     503: 'The model is not loaded (yet); this server keeps no log (--log off) or cannot write it'}.items()}
 
+# %% ../nbs/16_api.ipynb #c027
 _BINARY = {'type': 'string', 'format': 'binary'}
 PREDICT_BODY = {'requestBody': {'required': True, 'description':
     "The image: a multipart form with the file in field `file`, or the raw bytes with an image/* content type",
@@ -549,6 +136,7 @@ BATCH_BODY = {'requestBody': {'required': True, 'description': 'Several images a
     'content': {'multipart/form-data': {'schema': {'type': 'object', 'required': ['files'],
         'properties': {'files': {'type': 'array', 'items': _BINARY}}}}}}}
 
+# %% ../nbs/16_api.ipynb #c028
 API_DESCRIPTION = """Classify photos of bears (grizzly, black, teddy) with the bear_classifier model.
 
 Send an image to `POST /predict` (multipart field `file`, or the raw bytes with an `image/*` content
@@ -558,217 +146,122 @@ right with `POST /feedback` (JSON `{"id", "label", "image"?}`): a correction wit
 the review queue for the next training run. Errors are HTTP statuses with a JSON body
 `{"error": code, "detail": message}`."""
 
+# %% ../nbs/16_api.ipynb #c031
+async def handle_error(request:Request, e:Exception) -> JSONResponse:
+    "The JSON error response for any exception a route raised"
+    if isinstance(e, RequestValidationError):
+        e = Unprocessable('malformed_request', '; '.join(str(x.get('msg', x)) for x in e.errors()) or 'invalid request')
+    return error_response(as_service_error(e))
+
+# %% ../nbs/16_api.ipynb #c033
+def add_error_handlers(app:FastAPI) -> FastAPI:
+    "Answer every error of `app` with `handle_error`"
+    for cls in (*ANSWERS, RequestValidationError, Exception): app.add_exception_handler(cls, handle_error)
+    return app
+
+# %% ../nbs/16_api.ipynb #c036
+def data_plane(request:Request) -> ServiceState:
+    "The data plane of the application serving `request`"
+    return request.app.state.service
+
 # %% ../nbs/16_api.ipynb #c038
-def create_app(predictor:Predictor|None=None, settings:Settings|None=None, loader:Callable|None=None) -> FastAPI:
-    "The prediction service for `predictor`, or for the model that `loader()` (default: `Predictor.load`) returns"
-    settings = settings or Settings.from_env()
-    state = ServiceState(predictor)
-    if loader is None: loader = lambda: Predictor.load(settings.model_dir, models_root=settings.models_root, threads=settings.threads)
-    recorder = PredictionRecorder(service_log_path(settings.log_db), settings.review_root)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        app.state.pool = InferencePool(settings.workers, settings.queue)
-        recorder.start()
-        if not state.ready.is_set() and not state.error:
-            threading.Thread(target=state.load, args=(loader,), name='bear-load-model', daemon=True).start()
-        try: yield
-        finally:
-            app.state.pool.shutdown(wait=False)
-            recorder.close()
-
-    app = FastAPI(title='bear_classifier', version=__version__, description=API_DESCRIPTION, lifespan=lifespan)
-    app.state.service, app.state.settings, app.state.recorder = state, settings, recorder
-    app.add_middleware(LimitUploadSize, limits={
-        '/predict': settings.max_upload_bytes + MULTIPART_SLACK,
-        '/predict/batch': settings.max_batch * settings.max_upload_bytes + MULTIPART_SLACK,
-        '/feedback': 4 * -(-settings.max_upload_bytes // 3) + MULTIPART_SLACK})   # base64: 4 bytes for every 3
-    if settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
-                           allow_methods=['GET', 'POST'], allow_headers=['Content-Type'])
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request, e:ApiError): return error_response(e.status, e.code, e.detail, e.headers)
-    @app.exception_handler(ImageError)
-    async def _image_error(request, e:ImageError):
-        return error_response(image_error_status(e), getattr(e, 'code', None) or 'not_an_image', str(e))
-    @app.exception_handler(QueueFull)
-    async def _queue_full(request, e:QueueFull): return error_response(503, 'busy', f"{e}; retry shortly", RETRY)
-    @app.exception_handler(BodyTooLarge)
-    async def _too_large(request, e:BodyTooLarge): return error_response(413, 'too_large', str(e))
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e:RequestValidationError):
-        return error_response(422, 'malformed_request', '; '.join(str(x.get('msg', x)) for x in e.errors()) or 'invalid request')
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request, e:StarletteHTTPException):
-        code = {404: 'not_found', 405: 'method_not_allowed'}.get(e.status_code, 'http_error')
-        return error_response(e.status_code, code, str(e.detail), getattr(e, 'headers', None))
-    @app.exception_handler(Exception)
-    async def _bug(request, e:Exception):   # a bug, not a bad request: logged with its traceback, JSON for the client
-        return error_response(500, 'internal_error', f"the server failed on this request ({type(e).__name__}); it has been logged")
-
-    def admit():
-        "The predictor, if the model is loaded and a worker slot is free: refuse before reading the upload"
-        p = state.require()
-        if app.state.pool.full: raise QueueFull(f"all {settings.workers} workers are busy and {settings.queue} requests are waiting")
-        return p
-
-    def model_dict() -> dict: return state.info.model_dump()
-
+def add_predict_routes(app:FastAPI):
+    "POST /predict and POST /predict/batch"
     @app.post('/predict', response_model=PredictionOut, responses=ERROR_RESPONSES, openapi_extra=PREDICT_BODY,
               summary='Classify one image')
     async def predict(request: Request):
         "Classify one image: multipart field `file`, or the raw bytes with an image/* content type"
-        p = admit()
-        data, name = await read_image(request, settings.max_upload_bytes)
-        pred, size, ms = await app.state.pool.run(predict_one, p, data, name, settings.max_upload_bytes)
-        [rid] = await recorder.record([(pred, data, size, ms)], model_dict())
-        return prediction_out(pred, state.info, rid)
+        return await data_plane(request).predict(request)
 
     @app.post('/predict/batch', response_model=list[BatchItem], responses=ERROR_RESPONSES, openapi_extra=BATCH_BODY,
               summary='Classify several images')
     async def predict_batch(request: Request):
         "Classify several images (multipart files `files`); a bad file gets its own error, never fails the batch"
-        p = admit()
-        if media_type(request.headers.get('content-type')) != 'multipart/form-data':
-            raise ApiError(415, 'unsupported_media_type', "send the images as a multipart form with files in field 'files'")
-        form = await read_form(request, max_files=settings.max_batch)
-        uploads = [(k, v) for k, v in form.multi_items() if isinstance(v, UploadFile)]
-        if not uploads: raise ApiError(422, 'missing_file', "send one or more images as multipart files in field 'files'")
-        items, todo = [], []
-        for _, up in uploads:
-            try: todo.append((len(items), await upload_bytes(up, settings.max_upload_bytes))); items.append(None)
-            except ApiError as e: items.append(BatchItem(filename=up.filename, status=e.status, error=e.code, detail=e.detail))
-        if todo:
-            results, ms = await app.state.pool.run(predict_many, p, [(uploads[i][1].filename, b) for i, b in todo], settings.max_upload_bytes)
-            done = [(i, b, r, size) for (i, b), (r, size) in zip(todo, results) if not isinstance(r, ImageError)]
-            ids = dict(zip([i for i, *_ in done], await recorder.record([(r, b, size, ms) for _, b, r, size in done], model_dict())))
-            for (i, _), (r, _) in zip(todo, results):
-                name = uploads[i][1].filename
-                if isinstance(r, ImageError):
-                    items[i] = BatchItem(filename=name, status=image_error_status(r), error=getattr(r, 'code', None) or 'not_an_image', detail=str(r))
-                else: items[i] = BatchItem(filename=name, status=200, prediction=prediction_out(r, state.info, ids.get(i)))
-        return items
-
-    @app.post('/feedback', response_model=FeedbackOut, responses=FEEDBACK_RESPONSES, summary='Say whether a prediction was right')
-    async def feedback(body: FeedbackIn):
-        "Record the right label for a logged prediction; a correction with its photo goes into the review queue"
-        p = state.require()
-        labels = [str(v) for v in p.vocab] + [NOT_A_BEAR]
-        if body.label not in labels:
-            raise ApiError(422, 'unknown_label', f"{body.label!r} is not a label of this model; send one of: {', '.join(labels)}")
-        if body.image is not None and len(body.image) > settings.max_upload_bytes:
-            raise ApiError(413, 'too_large', f"the image is {len(body.image):,} bytes; the limit is {settings.max_upload_bytes:,}")
-        row = await recorder.call(logged_answer, body.id)                      # 404 before any work on the photo
-        if body.image is not None:
-            sha = await app.state.pool.run(image_sha256, body.image, settings.max_upload_bytes)   # 400/413/415 if it is no image
-            if row['sha256'] and sha != row['sha256']:
-                raise ApiError(422, 'image_mismatch', f"the image is not the one prediction {body.id} was made on; "
-                               "send the same bytes that were classified, or no image")
-        saved = await recorder.call(record_verdict, body.id, body.label, body.image)
-        return FeedbackOut(id=body.id, label=body.label, correct=body.label == row['answer'], saved=saved)
-
-    @app.get('/health', response_model=HealthOut, responses={503: {'model': HealthOut, 'description': 'Loading, or the model failed to load'}},
-             summary='Readiness: 200 once the model is loaded')
-    async def health():
-        "`ready` (200) once the model is loaded; `loading` or `error` (503) before"
-        pool = getattr(app.state, 'pool', None)
-        out = HealthOut(status=state.status, model=state.info, detail=state.error, workers=settings.workers,
-                        queue=settings.queue, pending=pool.pending if pool else 0, logging=recorder.enabled)
-        if out.status == 'ready': return out
-        return JSONResponse(out.model_dump(), status_code=503, headers=RETRY)
-
-    @app.get('/model', response_model=dict[str, Any], responses={503: {'model': ErrorOut}}, summary='The model card')
-    async def model_card():
-        "The model card of the loaded model, without paths or secrets"
-        p = state.require()
-        return {**public_card(dict(getattr(p, 'card', None) or {})), **model_info(p).model_dump()}
-
-    return app
+        return await data_plane(request).predict_batch(request)
 
 # %% ../nbs/16_api.ipynb #c040
-def bind_socket(host:str='127.0.0.1', port:int=0) -> socket.socket:
-    "A listening TCP socket on `host:port` (port 0: a free one); a one-line error when the port is taken"
-    family = socket.AF_INET6 if ':' in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try: sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or stop the other server") from None
-    sock.listen(2048)   # listen now: a client that connects before uvicorn is up waits instead of being refused
-    sock.set_inheritable(True)
-    return sock
+def add_feedback_route(app:FastAPI):
+    "POST /feedback"
+    @app.post('/feedback', response_model=FeedbackOut, responses=FEEDBACK_RESPONSES, summary='Say whether a prediction was right')
+    async def feedback(body: FeedbackIn, request: Request):
+        "Record the right label for a logged prediction; a correction with its photo goes into the review queue"
+        return await data_plane(request).feedback(body.id, body.label, body.image)
 
-class LoopbackServer:
-    "uvicorn serving `app` on a background thread; `.url`, `.stop()`, usable as a context manager"
-    def __init__(self, app, host:str='127.0.0.1', port:int=0, **config):
-        self.sock = bind_socket(host, port)
-        self.host, self.port = self.sock.getsockname()[:2]
-        config = {'log_level': 'warning', 'access_log': False, **config}
-        self.server = uvicorn.Server(uvicorn.Config(app, **config))
-        self.thread = threading.Thread(target=self.server.run, kwargs={'sockets': [self.sock]}, name='bear-serve', daemon=True)
+# %% ../nbs/16_api.ipynb #c043
+def add_status_routes(app:FastAPI):
+    "GET /health and GET /model"
+    @app.get('/health', response_model=HealthOut, responses={503: {'model': HealthOut, 'description': 'Loading, or the model failed to load'}},
+             summary='Readiness: 200 once the model is loaded')
+    async def health(request: Request):
+        "`ready` (200) once the model is loaded; `loading` or `error` (503) before"
+        h = data_plane(request).health()
+        return h if h['status'] == 'ready' else JSONResponse(HealthOut(**h).model_dump(), status_code=503, headers=RETRY)
 
-    @property
-    def url(self) -> str: return f"http://{self.host}:{self.port}"
+    @app.get('/model', response_model=dict[str, Any], responses={503: {'model': ErrorOut}}, summary='The model card')
+    async def model_card(request: Request):
+        "The model card of the loaded model, without paths or secrets"
+        return data_plane(request).model_card()
 
-    def start(self, timeout:float=30):
-        self.thread.start()
-        t0 = time.monotonic()
-        while not self.server.started:
-            if not self.thread.is_alive(): raise RuntimeError('uvicorn stopped while starting: see the log above')
-            if time.monotonic() - t0 > timeout: raise TimeoutError(f'uvicorn did not start within {timeout} s')
-            time.sleep(0.01)
-        return self
+# %% ../nbs/16_api.ipynb #c046
+def create_app(predictor=None, settings:Settings|None=None, loader:Callable|None=None) -> FastAPI:
+    "The prediction service for `predictor`, or for the model that `loader()` (default: `service.load_predictor`) returns"
+    settings = settings or Settings.from_env()
+    state = ServiceState(settings, predictor, loader)
 
-    def stop(self, timeout:float=10):
-        self.server.should_exit = True
-        self.thread.join(timeout)
-        self.sock.close()
+    @asynccontextmanager
+    async def lifespan(app):
+        state.start()
+        try: yield
+        finally: state.close()
 
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
+    app = FastAPI(title='bear_classifier', version=__version__, description=API_DESCRIPTION, lifespan=lifespan)
+    app.state.service = state
+    app.add_middleware(LimitUploadSize, limits=upload_limits(settings))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                           allow_methods=['GET', 'POST'], allow_headers=['Content-Type'])
+    add_error_handlers(app)
+    for add in (add_predict_routes, add_feedback_route, add_status_routes): add(app)
+    return app
 
-def serve_in_thread(app, host:str='127.0.0.1', port:int=0, **config) -> LoopbackServer:
-    "Start serving `app` on `host:port` in a background thread and return the running server"
-    return LoopbackServer(app, host, port, **config).start()
-
-# %% ../nbs/16_api.ipynb #c060
+# %% ../nbs/16_api.ipynb #c066
 def openapi_schema() -> dict:
     "The service's OpenAPI schema (independent of settings and model)"
     return create_app(settings=Settings()).openapi()
 
+# %% ../nbs/16_api.ipynb #c068
 def write_openapi(path) -> Path:
     "Write `openapi_schema()` to `path` as indented JSON, atomically"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f: f.write(json.dumps(openapi_schema(), indent=2) + '\n')
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    return path
+    return atomic_write(path, json.dumps(openapi_schema(), indent=2) + '\n')
 
-# %% ../nbs/16_api.ipynb #c067
-def check_log(log=None) -> Path|None:
+# %% ../nbs/16_api.ipynb #c075
+def check_log(s:Settings) -> Path|None:
     "The log `bear-serve` will write (None: `off`); a warning on stderr, not an exit, when it cannot be written now"
-    path = service_log_path(log)
-    if path is None: return None
-    try: PredictionLog(path).close()
-    except Exception as e:
-        print(f"bear-serve: warning: the prediction log {path} cannot be written ({type(e).__name__}: {_one_line(e)}); "
+    path = log_path(s)
+    if path is not None and (problem := log_problem(path)):
+        print(f"bear-serve: warning: the prediction log {path} cannot be written ({problem}); "
               "the service will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
     return path
 
-# %% ../nbs/16_api.ipynb #c068
+# %% ../nbs/16_api.ipynb #c078
+def serve(s:Settings, sock, log_level:str='info', access_log:bool=True):
+    "Serve the application of settings `s` on the listening socket `sock` until SIGINT/SIGTERM"
+    logging.basicConfig(level=log_level.upper(), format='%(levelname)s:     %(message)s')
+    logdb, (h, p) = check_log(s), sock.getsockname()[:2]
+    print(f"bear-serve: listening on http://{h}:{p} (workers={s.workers}, queue={s.queue}, max upload {s.max_upload_bytes:,} bytes); "
+          + (f"prediction log {logdb}; " if logdb else 'predictions not logged; ') + "GET /health says ready once the model is loaded", flush=True)
+    config = uvicorn.Config(create_app(settings=s), log_level=log_level, access_log=access_log,
+                            limit_concurrency=max(64, 4 * (s.workers + s.queue)), timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run(sockets=[sock])
+
+# %% ../nbs/16_api.ipynb #c079
 @call_parse
 def bear_serve(
-    model_dir:str=None,        # model bundle folder (env BEAR_MODEL_DIR; default: newest bundle under --models-root, else the starter)
-    models_root:str=None,      # where model bundles live (env BEAR_MODELS_ROOT; default: models)
+    model_dir:str=None,        # model bundle folder (env BEAR_MODEL_DIR; default: newest bundle under --models, else the starter)
+    models:str=None,           # where model bundles live (env BEAR_MODELS; default: models/ in the project)
     host:str=None,             # interface to bind (env BEAR_HOST; default 127.0.0.1; 0.0.0.0 exposes the service to the network)
     port:int=None,             # TCP port, 0 for any free one (env BEAR_PORT; default 8000)
-    max_upload_bytes:int=None, # largest image accepted, in bytes (env BEAR_MAX_UPLOAD_BYTES; default: the inference core's MAX_IMAGE_BYTES, 20 MiB)
+    max_upload_bytes:int=None, # largest image accepted, in bytes (env BEAR_MAX_UPLOAD_BYTES; default 20 MiB)
     max_batch:int=None,        # most files in one /predict/batch request (env BEAR_MAX_BATCH; default 16)
     workers:int=None,          # inference threads (env BEAR_WORKERS; default 1)
     queue:int=None,            # requests that may wait for a worker before 503 busy (env BEAR_QUEUE; default 32)
@@ -780,22 +273,15 @@ def bear_serve(
     access_log:bool=True,      # one log line per request; --no-access-log turns it off
     openapi:str=None,          # write the OpenAPI schema to this file and exit
 ):
-    "Serve the bear classifier as a JSON web service (POST /predict, /predict/batch; GET /health, /model)"
+    "Serve the bear classifier as a JSON web service (POST /predict, /predict/batch, /feedback; GET /health, /model)"
     if openapi: print(f"bear-serve: wrote {write_openapi(openapi)}"); return
     try:
-        s = Settings.from_env(model_dir=model_dir, models_root=models_root, host=host, port=port,
-                              max_upload_bytes=max_upload_bytes, max_batch=max_batch, workers=workers, queue=queue,
-                              cors_origins=cors_origins, threads=threads, log_db=log, review_root=review_root)
+        s = Settings.from_env(model_dir=model_dir, models=models, host=host, port=port, max_upload_bytes=max_upload_bytes,
+                              max_batch=max_batch, workers=workers, queue=queue, cors_origins=cors_origins, threads=threads,
+                              log_db=log, review_root=review_root)
     except SettingsError as e: raise SystemExit(f"bear-serve: {e}")
     if s.model_dir and not Path(s.model_dir).is_dir():
         raise SystemExit(f"bear-serve: model folder {s.model_dir} not found; pass --model-dir of a bundle (bear-export makes one) or leave it out for the newest")
     try: sock = bind_socket(s.host, s.port)
     except OSError as e: raise SystemExit(f"bear-serve: {e}")
-    logging.basicConfig(level=log_level.upper(), format='%(levelname)s:     %(message)s')
-    logdb = check_log(s.log_db)
-    h, p = sock.getsockname()[:2]
-    print(f"bear-serve: listening on http://{h}:{p} (workers={s.workers}, queue={s.queue}, max upload {s.max_upload_bytes:,} bytes); "
-          + (f"prediction log {logdb}; " if logdb else 'predictions not logged; ') + "GET /health says ready once the model is loaded", flush=True)
-    config = uvicorn.Config(create_app(settings=s), log_level=log_level, access_log=access_log,
-                            limit_concurrency=max(64, 4 * (s.workers + s.queue)), timeout_graceful_shutdown=10)
-    uvicorn.Server(config).run(sockets=[sock])
+    serve(s, sock, log_level, access_log)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Load test of the JSON prediction service on loopback, next to the Predictor's own rate, in one run.
 
-    python bench/api.py [--requests 2000] [--clients 16] [--model-dir DIR | --models-root DIR] [--log PATH|off] [--no-compare-log-off]
+    python bench/api.py [--requests 2000] [--clients 16] [--model-dir DIR | --models DIR] [--log PATH|off] [--no-compare-log-off]
 
 1. starts the real `bear-serve` (`python -m bear_classifier.api`) on a free 127.0.0.1 port and waits for
    GET /health, then reads the server process's memory (RSS);
@@ -19,14 +19,16 @@
 Prints a table and writes bench/results/api.json. Targets: no errors at 16 clients, service throughput at
 least 0.8x the tight loop, 503s under 50 ms (p99).
 """
-import argparse, asyncio, io, json, os, platform, re, statistics, subprocess, sys, tempfile, time
+import argparse, asyncio, json, os, platform, re, statistics, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx, psutil
 
+from bear_classifier.files import shared_data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent / 'shared' / 'data'))
+SHARED = shared_data_dir()
 
 def photos(n=48) -> list[tuple[str, bytes]]:
     "JPEG bytes of real bear photos (../shared/data) or, in a fresh clone, of the photos shipped with scikit-image"
@@ -35,13 +37,8 @@ def photos(n=48) -> list[tuple[str, bytes]]:
         files = sorted(p for d in sorted(bears.iterdir()) if d.is_dir() for p in sorted(d.glob('*.jp*g')))
         step = max(1, len(files) // n)
         return [(p.name, p.read_bytes()) for p in files[::step][:n]]
-    from PIL import Image
-    from skimage import data as sk
-    out = []
-    for name in ('chelsea', 'coffee', 'astronaut', 'rocket', 'cat', 'camera'):
-        buf = io.BytesIO(); Image.fromarray(getattr(sk, name)()).convert('RGB').save(buf, 'JPEG', quality=88)
-        out.append((f'{name}.jpg', buf.getvalue()))
-    return out
+    from bear_classifier.testing import sample_photos, image_bytes
+    return [(f'{name}.jpg', image_bytes(im, quality=88)) for name, im in sample_photos().items()]
 
 def pct(xs, q):
     if not xs: return float('nan')
@@ -79,7 +76,7 @@ def start_server(args, models_root, queue=None, log='off'):
     queue = args.queue if queue is None else queue
     cmd = [sys.executable, '-m', 'bear_classifier.api', '--port', '0', '--workers', str(args.workers), '--queue', str(queue),
            '--no-access-log', '--log-level', 'warning', '--log', str(log)]
-    cmd += ['--model-dir', args.model_dir] if args.model_dir else ['--models-root', str(models_root)]
+    cmd += ['--model-dir', args.model_dir] if args.model_dir else ['--models', str(models_root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     line = proc.stdout.readline()
     m = re.search(r'(http://127\.0\.0\.1:\d+)', line)
@@ -131,7 +128,7 @@ def main():
     ap.add_argument('--overload-seconds', type=float, default=8.0)
     ap.add_argument('--flood', default=None, help=argparse.SUPPRESS)   # internal: be the flood process for this URL
     ap.add_argument('--model-dir', default=None, help='a model bundle (default: the starter, built in a temporary folder)')
-    ap.add_argument('--models-root', default=None, help='serve the newest bundle under this folder')
+    ap.add_argument('--models', default=None, help='serve the newest bundle under this folder')
     ap.add_argument('--log', default=None, help="the load-run server's prediction log (default: a temporary file; 'off': none)")
     ap.add_argument('--no-compare-log-off', dest='compare', action='store_false', help='skip the side-by-side server without logging')
     ap.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'api.json'))
@@ -140,9 +137,10 @@ def main():
 
     import torch
     from bear_classifier.inference import Predictor
+    from bear_classifier.export import ensure_bundle
     tmp = tempfile.TemporaryDirectory(prefix='bear-bench-api-')
-    models_root = Path(args.models_root or Path(tmp.name) / 'models')
-    predictor = Predictor.load(args.model_dir, models_root=str(models_root))   # builds the starter if needed
+    models_root = Path(args.models or Path(tmp.name) / 'models')
+    predictor = Predictor.load(args.model_dir or ensure_bundle(models_root))   # builds the starter if needed
     images = photos()
     print(f"model {predictor.name} v{predictor.version} ({predictor.kind}); {len(images)} photos, "
           f"mean {statistics.mean(len(b) for _, b in images) / 1024:.0f} KiB; torch threads {torch.get_num_threads()}; "
@@ -183,7 +181,7 @@ def main():
             except subprocess.TimeoutExpired: p_.kill()
     logged_rows = None
     if str(log) != 'off':
-        from bear_classifier.monitor import PredictionLog
+        from bear_classifier.predlog import PredictionLog
         pl = PredictionLog(log); logged_rows = pl.count() - warm_ok; pl.close()
 
     proc, url, _ = start_server(args, models_root, queue=args.overload_queue, log=Path(tmp.name) / 'overload.sqlite' if str(log) != 'off' else 'off')

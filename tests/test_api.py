@@ -1,7 +1,7 @@
-"""The JSON prediction service (nbs/08_api.ipynb) over real sockets: a real uvicorn server on a free
+"""The JSON prediction service (nbs/15_service.ipynb, nbs/16_api.ipynb) over real sockets: a real uvicorn server on a free
 loopback port, the real `Predictor` with the starter model (built once into a temporary models folder),
 and real HTTP requests through httpx. Every status the service can answer is produced here."""
-import base64, hashlib, io, json, os, re, signal, sqlite3, subprocess, sys, threading, time
+import base64, hashlib, io, json, os, re, select, signal, socket, sqlite3, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,10 +9,13 @@ import httpx
 import pytest
 from PIL import Image
 
+from bear_classifier.files import Settings
 from bear_classifier.inference import Predictor
-from bear_classifier.api import (Settings, create_app, LoopbackServer, openapi_schema, bear_serve, MULTIPART_SLACK)
-from bear_classifier.monitor import PredictionLog, NOT_A_BEAR
-from bear_classifier.collect import read_manifest
+from bear_classifier.api import create_app, openapi_schema, bear_serve
+from bear_classifier.service import MULTIPART_SLACK
+from bear_classifier.predlog import PredictionLog, NOT_A_BEAR
+from bear_classifier.manifest import read_manifest
+from bear_classifier.testing import LoopbackServer, sample_photos, starter_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 300_000   # max upload bytes of the test server: small, so over-limit bodies stay cheap
@@ -24,10 +27,8 @@ def png(img) -> bytes:
     buf = io.BytesIO(); img.save(buf, 'PNG'); return buf.getvalue()
 
 @pytest.fixture(scope='module')
-def models_root(tmp_path_factory):
-    "A models folder that holds only the starter bundle (read-only here)"
-    try: from _starter import starter_bundle      # built once per test session, shared with the app's tests
-    except ImportError: return tmp_path_factory.mktemp('api') / 'models'   # Predictor.load builds it there
+def models_root():
+    "A models folder that holds only the starter bundle (built once per process; read-only here)"
     return starter_bundle().parent
 
 @pytest.fixture(scope='module')
@@ -36,8 +37,11 @@ def predictor(models_root):
     return Predictor.load(models_root=str(models_root))
 
 @pytest.fixture(scope='module')
-def photos(sample_photos):
-    return {k: jpeg(v) for k, v in sample_photos.items()}
+def samples(): return sample_photos()
+
+@pytest.fixture(scope='module')
+def photos(samples):
+    return {k: jpeg(v) for k, v in samples.items()}
 
 @pytest.fixture(scope='module')
 def log_dir(tmp_path_factory):
@@ -93,12 +97,12 @@ def test_predict_multipart_matches_the_inference_core(server, predictor, photos)
         assert got['model'] == {'name': str(predictor.name), 'version': str(predictor.version), 'kind': predictor.kind}
         assert got['model']['kind'] == 'starter'
 
-def test_raw_body_jpeg_png_and_octet_stream(server, sample_photos, photos):
+def test_raw_body_jpeg_png_and_octet_stream(server, samples, photos):
     by_file = no_id(post_file(server.url, photos['coffee']).json())
     assert no_id(post_raw(server.url, photos['coffee']).json()) == by_file
     assert no_id(post_raw(server.url, photos['coffee'], 'application/octet-stream').json()) == by_file
     assert no_id(post_raw(server.url, photos['coffee'], 'image/jpeg; charset=binary').json()) == by_file
-    r = post_raw(server.url, png(sample_photos['rocket'].resize((200, 300))), 'image/png')
+    r = post_raw(server.url, png(samples['rocket'].resize((200, 300))), 'image/png')
     assert r.status_code == 200 and r.json()['label'] in r.json()['probabilities']
 
 # ---------------------------------------------------------------- 400: not a (whole) image
@@ -118,13 +122,34 @@ def test_413_declared_length_is_refused_before_reading(server):
     check_error(r, 413, 'too_large')
     assert 'limit' in r.json()['detail']
 
+def read_http_response(sock) -> tuple[int, dict]:
+    "The status and JSON body of the HTTP/1.1 response waiting on `sock` (Content-Length framed, as uvicorn sends JSON)"
+    buf = b''
+    while b'\r\n\r\n' not in buf and (got := sock.recv(65536)): buf += got
+    head, _, body = buf.partition(b'\r\n\r\n')
+    lines = head.decode('latin-1').split('\r\n')
+    n = int({k.lower(): v.strip() for k, _, v in (l.partition(':') for l in lines[1:])}['content-length'])
+    while len(body) < n and (got := sock.recv(65536)): body += got
+    return int(lines[0].split()[1]), json.loads(body[:n])
+
 def test_413_chunked_upload_is_stopped_while_streaming(server):
-    sent = []
-    def chunks():   # no Content-Length: the server must count as the body streams in
-        for _ in range(40):
-            sent.append(1); yield b'\0' * 64_000
-    r = httpx.post(f"{server.url}/predict", content=chunks(), headers={'content-type': 'image/jpeg'}, timeout=60)
-    check_error(r, 413, 'too_large')
+    """No Content-Length: the server must count the body as it streams in and answer 413 long before its end.
+    A raw socket sends the chunks one by one and looks for the answer after each: an httpx client would only
+    read the answer after sending the whole body, whether the server refused it early or late."""
+    limit, chunk, n = LIMIT + MULTIPART_SLACK, b'\0' * 64_000, 40           # 2.56 MB: 7x the limit of /predict
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        sock.sendall(b'POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n')
+        sent, answered = 0, False
+        for _ in range(n):
+            try: sock.sendall(b'%x\r\n%s\r\n' % (len(chunk), chunk))
+            except OSError: answered = True; break     # the server answered and closed: read what it said
+            sent += len(chunk)
+            if select.select([sock], [], [], 0.5 if sent > limit else 0.01)[0]: answered = True; break
+        if not answered: sock.sendall(b'0\r\n\r\n')   # the whole body went in: let a late answer come
+        status, body = read_http_response(sock)
+    assert (status, body['error']) == (413, 'too_large'), (status, body)
+    assert answered and sent < n * len(chunk), f'the server answered only after the whole body ({sent:,} bytes) was sent'
+    assert limit < sent <= limit + 8 * len(chunk), f'answered after {sent:,} bytes; the limit is {limit:,}'
 
 def test_413_one_file_over_the_limit(server):
     r = post_file(server.url, b'\xff\xd8' + os.urandom(LIMIT + 10), 'huge.jpg')   # fits the body slack, not the file limit
@@ -196,7 +221,7 @@ def test_batch_limits(server, photos):
 
 # ---------------------------------------------------------------- the prediction log
 
-def test_predictions_are_logged(server, settings, predictor, photos, sample_photos):
+def test_predictions_are_logged(server, settings, predictor, photos, samples):
     r = post_file(server.url, photos['chelsea'], 'chelsea.jpg')
     assert r.status_code == 200
     got = r.json()
@@ -205,7 +230,7 @@ def test_predictions_are_logged(server, settings, predictor, photos, sample_phot
     assert (row['model_name'], row['model_version'], row['model_kind']) == (str(predictor.name), str(predictor.version), 'starter')
     assert row['probability'] == pytest.approx(got['probability']) and json.loads(row['probs']) == pytest.approx(got['probabilities'])
     assert row['sha256'] == hashlib.sha256(photos['chelsea']).hexdigest() and row['nbytes'] == len(photos['chelsea'])
-    assert (row['width'], row['height']) == sample_photos['chelsea'].size
+    assert (row['width'], row['height']) == samples['chelsea'].size
     assert 0 < row['latency_ms'] < 60_000
     assert row['image_path'] is None and row['feedback'] is None            # the photo itself is not kept
     assert not (Path(settings.log_db).parent / 'review').exists()
@@ -323,7 +348,7 @@ def test_a_locked_log_delays_no_answer_and_loses_no_row(predictor, tmp_path, pho
 # ---------------------------------------------------------------- 503: bounded queue
 
 def test_503_when_the_queue_is_full_then_recovers(server, photos):
-    pool, gate = server.app.state.pool, threading.Event()
+    pool, gate = server.app.state.service.pool, threading.Event()
     held = [pool.submit(gate.wait, 30) for _ in range(pool.capacity)]   # occupy every worker and queue slot
     try:
         t0 = time.perf_counter()
@@ -430,7 +455,7 @@ def test_schemathesis_finds_no_server_errors(server, tmp_path):
 # ---------------------------------------------------------------- the console command
 
 def test_bear_serve_command(models_root, photos, tmp_path):
-    env = {**os.environ, 'BEAR_MODELS_ROOT': str(models_root), 'BEAR_QUEUE': '3', 'BEAR_REVIEW_ROOT': str(tmp_path / 'queue')}
+    env = {**os.environ, 'BEAR_MODELS': str(models_root), 'BEAR_QUEUE': '3', 'BEAR_REVIEW_ROOT': str(tmp_path / 'queue')}
     env.pop('BEAR_LOG_DB', None)
     log = tmp_path / 'served.sqlite'
     proc = subprocess.Popen([str(Path(sys.executable).parent / 'bear-serve'), '--port', '0', '--no-access-log', '--log-level', 'warning',
