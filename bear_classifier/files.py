@@ -15,8 +15,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['TRUE_WORDS', 'FALSE_WORDS', 'OFF_WORDS', 'ENV_PREFIX', 'atomic_path', 'atomic_write', 'temp_dir', 'replace_dir',
            'remove_stale_temps', 'sha256_bytes', 'sha256_file', 'utc_now', 'utc_stamp', 'parse_utc', 'SettingsError',
-           'str2bool', 'is_off', 'project_root', 'Settings', 'settings_table', 'cache_dir', 'models_root', 'log_path',
-           'review_dir', 'shared_data_dir', 'settings', 'one_line']
+           'str2bool', 'is_off', 'project_root', 'Settings', 'settings_table', 'cache_dir', 'models_root', 'is_url',
+           'log_path', 'review_dir', 'shared_data_dir', 'log_location', 'settings', 'one_line']
 
 # %% ../nbs/00_files.ipynb #c006
 def _fsync_dir(folder:Path):
@@ -256,10 +256,15 @@ def models_root(s:Settings|None=None) -> Path:
     return Path(s.models).expanduser() if s.models else project_root()/'models'
 
 # %% ../nbs/00_files.ipynb #c053
+def is_url(v) -> bool:
+    "Whether setting value `v` is a URL such as `postgresql://host/db` or `sqlite:///path` (not a file path)"
+    return v is not None and '://' in str(v) and str(v).split('://', 1)[0].replace('+', '').isalnum()
+
 def log_path(s:Settings|None=None) -> Path|None:
-    "The prediction log's absolute path: `BEAR_LOG_DB`, else `data/predictions.sqlite` in the project; None when off"
+    "The prediction log's file: `BEAR_LOG_DB`, else `data/predictions.sqlite` in the project; None when off or on a database server"
     s = s or settings()
     if is_off(s.log_db): return None
+    if is_url(s.log_db): return None if not str(s.log_db).startswith('sqlite:///') else Path(str(s.log_db)[10:]).expanduser().resolve()
     return (Path(s.log_db).expanduser() if s.log_db else project_root()/'data'/'predictions.sqlite').resolve()
 
 def review_dir(s:Settings|None=None) -> Path:
@@ -275,11 +280,17 @@ def shared_data_dir(s:Settings|None=None) -> Path:
     return Path(s.shared_data).expanduser() if s.shared_data else project_root().parent/'shared'/'data'
 
 # %% ../nbs/00_files.ipynb #c056
+def log_location(s:Settings|None=None) -> Path|str|None:
+    "Where the prediction log is: a database URL as given, else `log_path(s)` (None when off)"
+    s = s or settings()
+    return str(s.log_db).strip() if is_url(s.log_db) else log_path(s)
+
+# %% ../nbs/00_files.ipynb #c059
 def settings(**overrides) -> Settings:
     "The settings in force now: `BEAR_*` variables, with non-None `overrides` on top"
     return Settings.from_env(**overrides)
 
-# %% ../nbs/00_files.ipynb #c059
+# %% ../nbs/00_files.ipynb #c062
 def one_line(e:BaseException) -> str:
     "The first line of `str(e)`, or the exception's type name when it has no message"
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
