@@ -1,4 +1,4 @@
-"""fastai's `ImageClassifierCleaner` with persistent, undoable decisions, and an out-of-sample label-issue ranking.
+"""Cleaning decisions saved as they are made (also from fastai's own cleaner), applied by moving files, journaled, undoable.
 
 Docs: https://bear-classifier.github.io/bear_classifier/clean.html.md"""
 
@@ -6,47 +6,27 @@ Docs: https://bear-classifier.github.io/bear_classifier/clean.html.md"""
 
 # %% ../nbs/08_clean.ipynb #c003
 from __future__ import annotations
-import io, json, os, re, shutil, tempfile, time, warnings
-from datetime import datetime, timezone
+import json, os, shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from PIL import Image, ImageDraw, ImageFont
-from fastcore.foundation import L
+from fastcore.basics import patch
 from fastcore.script import call_parse
-from ipywidgets import VBox, HBox, Dropdown, Label, Layout
-import ipywidgets as widgets
-from fastai.vision.widgets import ImagesCleaner, ImageClassifierCleaner, carousel, _get_iw_info
 
-from .core import DEFAULT_BACKBONE, cache_dir, create_backbone, imagenet_preprocess, sha256_file
-from .collect import IMAGE_EXTENSIONS, append_manifest, last_rows, now_utc, read_manifest, usable_files
+from .files import atomic_write, one_line, sha256_file, utc_now, utc_stamp
+from .manifest import append_manifest, last_rows
 
 # %% auto #0
-__all__ = ['KEEP', 'DELETE', 'DECISIONS_FORMAT', 'JOURNAL_FORMAT', 'ALL', 'FEATURE_SIZE', 'LABEL_ISSUE', 'OUTLIER', 'CROSS_DUP',
-           'UNREADABLE', 'atomic_write_text', 'Decisions', 'thumbnail_png', 'ThumbImagesCleaner', 'PersistentCleaner',
-           'clean_dir', 'default_decisions_path', 'trash_root', 'move_no_clobber', 'plan_decisions', 'apply_decisions',
-           'find_journals', 'latest_journal', 'undo_apply', 'image_features', 'out_of_sample_probs', 'outlier_scores',
-           'cross_label_duplicates', 'rank_label_issues', 'contact_sheet', 'write_report', 'bear_clean_report',
-           'bear_clean_apply', 'bear_clean_undo']
+__all__ = ['KEEP', 'DELETE', 'DECISIONS_FORMAT', 'JOURNAL_FORMAT', 'Decisions', 'fastai_display', 'clean_dir',
+           'default_decisions_path', 'trash_root', 'move_no_clobber', 'plan_decisions', 'apply_decisions',
+           'read_journal', 'find_journals', 'latest_journal', 'undo_apply', 'text_table', 'bear_clean_apply',
+           'bear_clean_undo']
 
 # %% ../nbs/08_clean.ipynb #c008
 KEEP, DELETE = '<Keep>', '<Delete>'
 DECISIONS_FORMAT = 'bear_classifier.decisions/1'
-JOURNAL_FORMAT = 'bear_classifier.clean-journal/1'
 
-def atomic_write_text(path, text:str) -> Path:
-    "Write `text` to `path` via a temporary file in the same folder and `os.replace` (never a partial file)"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    return path
-
+# %% ../nbs/08_clean.ipynb #c011
 def _rel(root:Path, file) -> str:
     "`file` (absolute, or relative to `root`) as a posix path relative to `root`"
     p = Path(file)
@@ -54,17 +34,23 @@ def _rel(root:Path, file) -> str:
     try: return q.relative_to(root).as_posix()
     except ValueError: raise ValueError(f"{file} is not inside the dataset {root}") from None
 
+# %% ../nbs/08_clean.ipynb #c013
+def _read_decisions(path:Path) -> dict:
+    "What the decisions file `path` holds ({} when there is none yet); anything else is refused, never overwritten"
+    if not path.exists(): return {}
+    try: data = json.loads(path.read_text(encoding='utf-8'))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a decisions file ({e}); move it away or pass another path") from None
+    if not isinstance(data, dict) or data.get('format') != DECISIONS_FORMAT:
+        raise ValueError(f"{path} is not a {DECISIONS_FORMAT} file; move it away or pass another path")
+    return data
+
+# %% ../nbs/08_clean.ipynb #c015
 class Decisions:
     "Cleaning decisions for the images under `root`, saved to the JSON file `path` on every change"
     def __init__(self, path, root=None):
         self.path = Path(path)
-        data = {}
-        if self.path.exists():
-            try: data = json.loads(self.path.read_text(encoding='utf-8'))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ValueError(f"{self.path} is not a decisions file ({e}); move it away or pass another path") from None
-            if not isinstance(data, dict) or data.get('format') != DECISIONS_FORMAT:
-                raise ValueError(f"{self.path} is not a {DECISIONS_FORMAT} file; move it away or pass another path")
+        data = _read_decisions(self.path)
         root = root if root is not None else data.get('root')
         if root is None: raise ValueError(f"{self.path} does not exist yet: pass the dataset root too")
         self.root = Path(root).resolve()
@@ -78,41 +64,54 @@ class Decisions:
         c = self.counts()
         return f"Decisions({str(self.path)!r}: {c['trash']} trash, {c['relabel']} relabel, {c['keep']} keep)"
 
-    def counts(self) -> dict:
-        out = {'keep': 0, 'trash': 0, 'relabel': 0}
-        for d in self.items.values(): out[d['action']] += 1
-        return out
+# %% ../nbs/08_clean.ipynb #c018
+@patch
+def save(self:Decisions) -> Path:
+    "Write every decision to `self.path`, atomically"
+    return atomic_write(self.path, json.dumps(dict(format=DECISIONS_FORMAT, root=str(self.root), updated=utc_now(),
+                                                   decisions=self.items), indent=1))
 
-    def value(self, file, label:str=None) -> str:
-        "The cleaner dropdown value for `file`: `<Keep>`, `<Delete>` or the new label"
-        d = self.items.get(self.key(file))
-        if d is None or d['action'] == 'keep': return KEEP
-        return DELETE if d['action'] == 'trash' else d['to']
+# %% ../nbs/08_clean.ipynb #c021
+@patch
+def set(self:Decisions, file, value:str, label:str=None, reason:str='') -> dict:
+    "Record the dropdown `value` (`<Keep>`, `<Delete>` or a label) for `file`, and save"
+    key = self.key(file)
+    label = label or Path(key).parent.name
+    if value == KEEP or value == label: action, to = 'keep', None
+    elif value == DELETE: action, to = 'trash', None
+    else: action, to = 'relabel', str(value)
+    p = self.root/key
+    d = dict(action=action, label=label, to=to, reason=reason,
+             sha256=sha256_file(p) if p.is_file() else None, time=utc_now())
+    self.items[key] = d
+    self.save()
+    return d
 
-    def set(self, file, value:str, label:str=None, reason:str='') -> dict:
-        "Record the dropdown `value` (`<Keep>`, `<Delete>` or a label) for `file`, and save"
-        key = self.key(file)
-        label = label or Path(key).parent.name
-        if value == KEEP or value == label: action, to = 'keep', None
-        elif value == DELETE: action, to = 'trash', None
-        else: action, to = 'relabel', str(value)
-        p = self.root/key
-        d = dict(action=action, label=label, to=to, reason=reason,
-                 sha256=sha256_file(p) if p.is_file() else None, time=now_utc())
-        self.items[key] = d
-        self.save()
-        return d
+# %% ../nbs/08_clean.ipynb #c024
+@patch
+def value(self:Decisions, file, label:str=None) -> str:
+    "The cleaner dropdown value for `file`: `<Keep>`, `<Delete>` or the new label"
+    d = self.items.get(self.key(file))
+    if d is None or d['action'] == 'keep': return KEEP
+    return DELETE if d['action'] == 'trash' else d['to']
 
-    def save(self) -> Path:
-        return atomic_write_text(self.path, json.dumps(dict(format=DECISIONS_FORMAT, root=str(self.root), updated=now_utc(),
-                                                            decisions=self.items), indent=1))
+# %% ../nbs/08_clean.ipynb #c027
+@patch
+def counts(self:Decisions) -> dict:
+    "How many images to keep, trash and relabel"
+    out = {'keep': 0, 'trash': 0, 'relabel': 0}
+    for d in self.items.values(): out[d['action']] += 1
+    return out
 
-    def pending(self) -> dict:
-        "The decisions that change something (trash or relabel)"
-        return {k: d for k, d in self.items.items() if d['action'] != 'keep'}
+# %% ../nbs/08_clean.ipynb #c029
+@patch
+def pending(self:Decisions) -> dict:
+    "The decisions that change something (trash or relabel)"
+    return {k: d for k, d in self.items.items() if d['action'] != 'keep'}
 
-# %% ../nbs/08_clean.ipynb #c011
-def _bind(self:Decisions, iw, on_change=None):
+# %% ../nbs/08_clean.ipynb #c034
+@patch
+def bind(self:Decisions, iw, on_change=None):
     "Restore stored values into the dropdowns of `ImagesCleaner` `iw`, then save every change"
     for fn, box in zip(iw.fns, iw.widget.children):
         dd = box.children[-1]
@@ -124,144 +123,60 @@ def _bind(self:Decisions, iw, on_change=None):
             if on_change: on_change()
         dd.observe(_changed, names='value')
 
-def _watch(self:Decisions, cleaner, on_change=None):
+# %% ../nbs/08_clean.ipynb #c037
+def _ipython_display(*objs, **kwargs):
+    "IPython's `display` inside a kernel; outside one there is nowhere to show an image, so nothing"
+    from IPython import get_ipython
+    from IPython.display import display
+    if get_ipython() is not None: display(*objs, **kwargs)
+
+# %% ../nbs/08_clean.ipynb #c039
+@contextmanager
+def fastai_display():
+    "Inside the block, fastai's widgets have a `display` (IPython's in a kernel, a no-op elsewhere); after it, as before"
+    import fastai.vision.widgets as fw
+    if 'display' in vars(fw):
+        yield
+        return
+    fw.display = _ipython_display
+    try: yield
+    finally: del fw.display
+
+# %% ../nbs/08_clean.ipynb #c042
+@patch
+def watch(self:Decisions, cleaner, on_change=None):
     "Make the fastai `cleaner` (`ImageClassifierCleaner` or `ImagesCleaner`) restore and save its choices here"
     iw = getattr(cleaner, 'iw', cleaner)
     set_fns = iw.set_fns
     def set_fns_and_bind(fns):
-        set_fns(fns)
+        with fastai_display(): set_fns(fns)
         self.bind(iw, on_change)
     iw.set_fns = set_fns_and_bind      # the instance attribute shadows the method
     if getattr(iw, 'fns', None) is not None: self.bind(iw, on_change)
     return cleaner
 
-Decisions.bind, Decisions.watch = _bind, _watch
-
-def _display(*objs, **kwargs):
-    "IPython's `display` inside a kernel; outside one there is nowhere to show an image, so nothing"
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError: return None
-    if get_ipython() is None: return None
-    return display(*objs, **kwargs)
-
-import fastai.vision.widgets as _fastai_widgets
-# fastai's `widget()` calls a bare `display`, a builtin only inside IPython: a NameError in a script
-if not hasattr(_fastai_widgets, 'display'): _fastai_widgets.display = _display
-
-# %% ../nbs/08_clean.ipynb #c012
-def thumbnail_png(fn, height:int=128, width:int=256) -> bytes:
-    "PNG bytes of a thumbnail of the image `fn` (a grey 'unreadable' tile when it cannot be decoded)"
-    try:
-        with Image.open(fn) as im:
-            im = im.convert('RGB'); im.thumbnail((width, height))
-    except Exception as e:
-        im = Image.new('RGB', (height, height), (200, 200, 200))
-        ImageDraw.Draw(im).text((8, height//2 - 6), 'unreadable', fill=(90, 0, 0))
-    buf = io.BytesIO(); im.save(buf, format='PNG')
-    return buf.getvalue()
-
-class ThumbImagesCleaner(ImagesCleaner):
-    "fastai's `ImagesCleaner` with `ipywidgets.Image` thumbnails: no IPython `display` call, bad images tolerated"
-    def set_fns(self, fns):
-        self.fns = L(fns)[:self.max_n]
-        self.widget.children = [VBox([widgets.Image(value=thumbnail_png(fn, self.height, self.width), format='png',
-                                                    layout=Layout(height=f'{self.height}px')),
-                                      Dropdown(options=self.opts, layout={'width': 'max-content'})])
-                                for fn in self.fns]
-
-# %% ../nbs/08_clean.ipynb #c013
-ALL = '<All>'
-
-def _infer_root(files) -> Path:
-    "The dataset root of `root/<label>/<image>` files: the common folder above the label folders"
-    parents = {Path(f).resolve().parent.parent for f in files}
-    if not parents: raise ValueError("the cleaner has no images to show")
-    return Path(os.path.commonpath([str(p) for p in parents]))
-
-class PersistentCleaner(ImageClassifierCleaner):
-    "fastai's `ImageClassifierCleaner` whose choices are saved to `decisions` (JSON) as they are made"
-    def __init__(self, learn=None, decisions=None, root=None, items:dict=None, vocab=None, **kwargs):
-        if learn is not None:
-            vocab = list(learn.dls.vocab)
-            items = {'Train': list(_get_iw_info(learn, 0)), 'Valid': list(_get_iw_info(learn, 1))}
-        if items is None: raise ValueError("pass a Learner, or items={split: [(file, label, score), ...]}")
-        self.items = {k: [(Path(f), str(l), float(s)) for f, l, s in v] for k, v in items.items()}
-        if vocab is None: vocab = sorted({l for v in self.items.values() for _, l, _ in v})
-        self.vocab = list(vocab)
-        files = [f for v in self.items.values() for f, _, _ in v]
-        root = Path(root).resolve() if root is not None else _infer_root(files)
-        if decisions is None: decisions = default_decisions_path(root)
-        self.decisions = decisions if isinstance(decisions, Decisions) else Decisions(decisions, root)
-        cats = kwargs.pop('cats', None) or self.vocab
-        self.default = self.iw = ThumbImagesCleaner(self.vocab, **kwargs)
-        self.dd_cats = Dropdown(options=cats)
-        self.dd_ds = Dropdown(options=list(self.items))
-        self.status = Label()
-        self.dd_ds.observe(self.on_change_ds, 'value')
-        self.dd_cats.observe(self.on_change_ds, 'value')
-        self.on_change_ds()
-        self.widget = VBox([HBox([self.dd_cats, self.dd_ds]), self.status, self.iw.widget])
-
-    def on_change_ds(self, change=None):
-        "Show the images of the chosen category and split, most suspicious first, with their saved choices"
-        cat = self.dd_cats.value
-        info = [o for o in self.items[self.dd_ds.value] if cat == ALL or o[1] == cat]
-        self.iw.set_fns([f for f, _, _ in sorted(info, key=lambda o: -o[2])])   # stable: ties keep their order
-        self.decisions.bind(self.iw, self._show_status)
-        self._show_status()
-
-    def _show_status(self):
-        c = self.decisions.counts()
-        self.status.value = (f"{c['trash']} to trash, {c['relabel']} to relabel, {c['keep']} kept: saved to "
-                             f"{self.decisions.path} (bear-clean-apply {self.decisions.path} --dry-run)")
-
-    def choose(self, file, value:str):
-        "Set the dropdown of `file` (on screen) to `value`, as a click would; saved at once"
-        i = [Path(f).resolve() for f in self.iw.fns].index(Path(file).resolve())
-        self.iw.widget.children[i].children[-1].value = value
-
-    @classmethod
-    def from_ranking(cls, ranking, root=None, decisions=None, **kwargs):
-        "A cleaner on the label-issue ranking (a DataFrame or `ranking.csv`): suspects first, any label"
-        if not isinstance(ranking, pd.DataFrame):
-            p = Path(ranking)
-            ranking = pd.read_csv(p, keep_default_na=False)
-            root = root or ranking.attrs.get('root') or _root_from_report(p)
-        root = root or ranking.attrs.get('root')
-        if root is None: raise ValueError("pass root=: the dataset folder the ranking was made for")
-        root = Path(root)
-        ranking = ranking.sort_values('score', ascending=False, kind='stable')
-        row = lambda r: (root/r.file, r.given_label, r.score)
-        sus = ranking[ranking.kind != '']
-        items = {'Suspects': [row(r) for r in sus.itertuples()], 'All (ranked)': [row(r) for r in ranking.itertuples()]}
-        for kind in LABEL_ISSUE, OUTLIER, CROSS_DUP:
-            if (ranking.kind == kind).any(): items[kind] = [row(r) for r in ranking[ranking.kind == kind].itertuples()]
-        labels = sorted(set(ranking.given_label) | set(ranking.suggested_label) - {''})
-        return cls(items=items, root=root, decisions=decisions, vocab=labels, cats=[ALL, *labels], **kwargs)
-
-# %% ../nbs/08_clean.ipynb #c015
+# %% ../nbs/08_clean.ipynb #c045
 def clean_dir(root) -> Path:
     "Folder for the cleaning files of dataset `root`: `<root>-clean` beside it (`data/bears-clean`)"
     root = Path(root).resolve()
     return root.parent/f'{root.name}-clean'
 
-def default_decisions_path(root) -> Path: return clean_dir(root)/'decisions.json'
+# %% ../nbs/08_clean.ipynb #c047
+def default_decisions_path(root) -> Path:
+    "Where the cleaner saves its decisions for dataset `root`: `<root>-clean/decisions.json`"
+    return clean_dir(root)/'decisions.json'
 
-def _root_from_report(p:Path):
-    meta = p.parent/'report.json'
-    return json.loads(meta.read_text())['root'] if meta.exists() else None
+# %% ../nbs/08_clean.ipynb #c050
+JOURNAL_FORMAT = 'bear_classifier.clean-journal/1'
 
-# %% ../nbs/08_clean.ipynb #c024
 def trash_root(root) -> Path:
     "Where applies keep trashed files and journals: `<root>/../.trash` (`data/.trash` for `data/bears`)"
     return Path(root).resolve().parent/'.trash'
 
-def _stamp() -> str: return datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')
-
+# %% ../nbs/08_clean.ipynb #c053
 def _new_apply_dir(root) -> Path:
-    base, stamp = trash_root(root), _stamp()
+    "A new folder `<stamp>` (or `<stamp>-N`) in the trash of `root`"
+    base, stamp = trash_root(root), utc_stamp()
     base.mkdir(parents=True, exist_ok=True)
     for i in range(1000):
         d = base/(stamp if i == 0 else f'{stamp}-{i}')
@@ -269,6 +184,7 @@ def _new_apply_dir(root) -> Path:
         except FileExistsError: continue
     raise RuntimeError(f"cannot create an apply folder in {base}")
 
+# %% ../nbs/08_clean.ipynb #c055
 def _free_name(dest:Path) -> Path:
     "`dest`, or `stem-1.ext`, `stem-2.ext`, ... : the first name that does not exist"
     if not os.path.lexists(dest): return dest
@@ -277,6 +193,7 @@ def _free_name(dest:Path) -> Path:
         if not os.path.lexists(p): return p
     raise RuntimeError(f"no free name for {dest}")
 
+# %% ../nbs/08_clean.ipynb #c057
 def move_no_clobber(src, dest) -> Path:
     "Move `src` to `dest` or the first free `dest-N` name; never overwrites. Returns where it went"
     src, dest = Path(src), Path(dest)
@@ -296,74 +213,100 @@ def move_no_clobber(src, dest) -> Path:
             os.unlink(src)
             return target
 
-# %% ../nbs/08_clean.ipynb #c026
+# %% ../nbs/08_clean.ipynb #c060
+def _plan_op(root:Path, key:str, d:dict) -> dict:
+    "What the decision `d` on the file `key` would do: the move, or why it is skipped"
+    src = root/key
+    op = dict(op=d['action'], file=key, label=d.get('label') or Path(key).parent.name, to=d.get('to'),
+              reason=d.get('reason') or '', sha256=d.get('sha256'), skip=None)
+    try: _rel(root, key)
+    except ValueError: return op | dict(skip='outside the dataset')
+    if not src.is_file(): op['skip'] = 'missing (already applied, or moved away)'
+    elif d.get('sha256') and sha256_file(src) != d['sha256']: op['skip'] = 'file changed since the decision'
+    elif op['op'] == 'relabel' and (not op['to'] or op['to'].startswith(('.', '_', '<')) or '/' in op['to']):
+        op['skip'] = f"invalid label {op['to']!r}"
+    elif op['op'] == 'relabel': op['dest'] = _free_name(root/op['to']/src.name).relative_to(root).as_posix()
+    else: op['dest'] = f"../.trash/<stamp>/{key}"
+    return op
+
+# %% ../nbs/08_clean.ipynb #c062
+def _as_decisions(decisions, root=None) -> Decisions:
+    "`decisions` itself, or the `Decisions` of the JSON file it names"
+    return decisions if isinstance(decisions, Decisions) else Decisions(decisions, root)
+
+# %% ../nbs/08_clean.ipynb #c064
+def plan_decisions(decisions, root=None) -> list[dict]:
+    "The moves that `apply_decisions` would make: one dict per pending decision, with `skip` saying why not"
+    dec = _as_decisions(decisions, root)
+    return [_plan_op(dec.root, key, d) for key, d in sorted(dec.pending().items())]
+
+# %% ../nbs/08_clean.ipynb #c067
 _PROVENANCE = ('source', 'query', 'url', 'sha256', 'phash', 'width', 'height')
 
 def _manifest_base(last:dict, key:str) -> dict:
+    "The provenance columns of `key`'s last manifest row (source `folder` for a file without one)"
     r = last.get(key) or {}
     return {c: r.get(c, '') for c in _PROVENANCE} | {'source': r.get('source') or 'folder'}
 
-def plan_decisions(decisions, root=None) -> list[dict]:
-    "The moves that `apply_decisions` would make: one dict per pending decision, with `skip` saying why not"
-    dec = decisions if isinstance(decisions, Decisions) else Decisions(decisions, root)
-    root = dec.root
-    plan = []
-    for key, d in sorted(dec.pending().items()):
-        src = root/key
-        op = dict(op=d['action'], file=key, label=d.get('label') or Path(key).parent.name, to=d.get('to'),
-                  reason=d.get('reason') or '', sha256=d.get('sha256'), skip=None)
-        try: _rel(root, key)
-        except ValueError: op['skip'] = 'outside the dataset'; plan.append(op); continue
-        if not src.is_file(): op['skip'] = 'missing (already applied, or moved away)'
-        elif d.get('sha256') and sha256_file(src) != d['sha256']: op['skip'] = 'file changed since the decision'
-        elif op['op'] == 'relabel' and (not op['to'] or op['to'].startswith(('.', '_', '<')) or '/' in op['to']):
-            op['skip'] = f"invalid label {op['to']!r}"
-        elif op['op'] == 'relabel': op['dest'] = _free_name(root/op['to']/src.name).relative_to(root).as_posix()
-        else: op['dest'] = f"../.trash/<stamp>/{key}"
-        plan.append(op)
-    return plan
-
+# %% ../nbs/08_clean.ipynb #c069
 def _reason(op) -> str:
+    "The manifest's and journal's reason for the move of plan entry `op`"
     if op['op'] == 'relabel': return f"relabel:{op['label']}->{op['to']} by cleaner" + (f"; {op['reason']}" if op['reason'] else '')
     return f"trash: {op['reason'] or 'deleted in cleaner'}"
 
-def _write_journal(path, journal): atomic_write_text(path, json.dumps(journal, indent=1))
+# %% ../nbs/08_clean.ipynb #c072
+def _move(root:Path, adir:Path, op:dict) -> dict:
+    "Carry out plan entry `op` (trash into `adir`, or relabel); its journal entry"
+    src = root/op['file']
+    got = move_no_clobber(src, adir/op['file'] if op['op'] == 'trash' else root/op['to']/src.name)
+    return dict(op=op['op'], src=op['file'], dest=os.path.relpath(got, root), label=op['label'], to=op['to'],
+                sha256=op['sha256'] or sha256_file(got), reason=_reason(op), time=utc_now())
 
+# %% ../nbs/08_clean.ipynb #c074
+def _apply_rows(mv:dict, base:dict) -> list[dict]:
+    "Manifest rows for the move `mv`: the old path trashed or relabelled, a relabelled image's new path ok"
+    if mv['op'] == 'trash':
+        return [base | dict(file=mv['src'], label=mv['label'], status='trashed', reason=f"{mv['reason']}; moved to {mv['dest']}")]
+    return [base | dict(file=mv['src'], label=mv['to'], status='relabelled', reason=f"{mv['reason']}; now {mv['dest']}"),
+            base | dict(file=mv['dest'], label=mv['to'], status='ok', reason=f"{mv['reason']}; was {mv['src']}")]
+
+# %% ../nbs/08_clean.ipynb #c076
+def _write_journal(path, journal:dict) -> Path:
+    "Write the apply journal `journal` to `path`, atomically (after every move: an interrupted apply stays undoable)"
+    return atomic_write(path, json.dumps(journal, indent=1))
+
+# %% ../nbs/08_clean.ipynb #c079
 def apply_decisions(decisions, root=None, dry_run:bool=False) -> dict:
     "Carry out the pending `decisions` (a `Decisions` or its JSON path): trash and relabel by moving files, journaled"
-    dec = decisions if isinstance(decisions, Decisions) else Decisions(decisions, root)
-    root = dec.root
-    plan = plan_decisions(dec)
+    dec = _as_decisions(decisions, root)
+    root, plan = dec.root, plan_decisions(dec)
     todo = [op for op in plan if not op['skip']]
     if dry_run or not todo: return dict(format=JOURNAL_FORMAT, root=str(root), dry_run=dry_run, moves=[], plan=plan, journal=None)
     adir = _new_apply_dir(root)
     jpath = adir/'journal.json'
-    journal = dict(format=JOURNAL_FORMAT, root=str(root), decisions=str(dec.path.resolve()), created=now_utc(),
+    journal = dict(format=JOURNAL_FORMAT, root=str(root), decisions=str(dec.path.resolve()), created=utc_now(),
                    apply_dir=str(adir), moves=[], skipped=[op for op in plan if op['skip']], undone=None)
     _write_journal(jpath, journal)
     last = last_rows(root)
     try:
         for op in todo:
-            src = root/op['file']
-            dest = adir/op['file'] if op['op'] == 'trash' else root/op['to']/src.name
-            got = move_no_clobber(src, dest)
-            sha = op['sha256'] or sha256_file(got)
-            mv = dict(op=op['op'], src=op['file'], dest=os.path.relpath(got, root), label=op['label'], to=op['to'],
-                      sha256=sha, reason=_reason(op), time=now_utc())
+            mv = _move(root, adir, op)
             journal['moves'].append(mv); _write_journal(jpath, journal)
-            base = _manifest_base(last, op['file']) | {'sha256': sha}
-            if op['op'] == 'trash':
-                rows = [base | dict(file=op['file'], label=op['label'], status='trashed', reason=f"{mv['reason']}; moved to {mv['dest']}")]
-            else:
-                rows = [base | dict(file=op['file'], label=op['to'], status='relabelled', reason=f"{mv['reason']}; now {mv['dest']}"),
-                        base | dict(file=mv['dest'], label=op['to'], status='ok', reason=f"{mv['reason']}; was {op['file']}")]
-            append_manifest(root, rows)
+            append_manifest(root, _apply_rows(mv, _manifest_base(last, op['file']) | {'sha256': mv['sha256']}))
     finally:
-        journal['finished'] = now_utc(); _write_journal(jpath, journal)
+        journal['finished'] = utc_now(); _write_journal(jpath, journal)
     journal['journal'] = str(jpath); journal['plan'] = plan
     return journal
 
-# %% ../nbs/08_clean.ipynb #c027
+# %% ../nbs/08_clean.ipynb #c082
+def read_journal(path) -> dict:
+    "The apply journal at `path`; `FileNotFoundError` or `ValueError` with the reason when it is not one"
+    try: j = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e: raise FileNotFoundError(f"{path} is not a readable apply journal ({e})") from None
+    if j.get('format') != JOURNAL_FORMAT: raise ValueError(f"{path} is not a {JOURNAL_FORMAT} file")
+    return j
+
+# %% ../nbs/08_clean.ipynb #c084
 def find_journals(root) -> list[Path]:
     "Apply journals of dataset `root`, oldest first"
     root = Path(root).resolve(); out = []
@@ -373,282 +316,62 @@ def find_journals(root) -> list[Path]:
         if Path(j.get('root', '')) == root: out.append(p)
     return out
 
+# %% ../nbs/08_clean.ipynb #c086
 def latest_journal(root) -> Path|None:
     "The newest apply journal of `root` that has not been undone"
     for p in reversed(find_journals(root)):
         if not json.loads(p.read_text()).get('undone'): return p
     return None
 
-def undo_apply(journal=None, root=None) -> dict:
-    "Move every file of apply `journal` (its path, folder or stamp; default: the latest not undone for `root`) back, byte-identical"
+# %% ../nbs/08_clean.ipynb #c088
+def _journal_path(journal=None, root=None) -> Path:
+    "The journal file that `journal` names (a path, an apply folder or a stamp), by default the latest of `root`"
     if journal is None:
         if root is None: raise ValueError("pass a journal or the dataset root")
         journal = latest_journal(root)
         if journal is None: raise FileNotFoundError(f"no apply to undo for {Path(root)} (looked in {trash_root(root)})")
     jpath = Path(journal)
     if not jpath.exists() and root is not None and (trash_root(root)/journal).exists(): jpath = trash_root(root)/journal   # a bare stamp
-    if jpath.is_dir(): jpath = jpath/'journal.json'
-    try: j = json.loads(jpath.read_text())
-    except (OSError, ValueError) as e: raise FileNotFoundError(f"{jpath} is not a readable apply journal ({e})") from None
-    if j.get('format') != JOURNAL_FORMAT: raise ValueError(f"{jpath} is not a {JOURNAL_FORMAT} file")
+    return jpath/'journal.json' if jpath.is_dir() else jpath
+
+# %% ../nbs/08_clean.ipynb #c091
+def _undo_move(root:Path, mv:dict, note:str) -> tuple[str|None, str|None]:
+    "Move the file of journal entry `mv` back and record it in the manifest: (where it went or None, a problem or None)"
+    src, dest = root/mv['src'], (root/mv['dest']).resolve()
+    if not dest.is_file(): return None, f"{mv['dest']}: gone, cannot restore {mv['src']}"
+    if sha256_file(dest) != mv['sha256']: return None, f"{mv['dest']}: changed since the apply, left in place"
+    back = move_no_clobber(dest, src).relative_to(root).as_posix()
+    base = _manifest_base(last_rows(root), mv['src']) | {'sha256': mv['sha256']}
+    rows = [base | dict(file=back, label=mv['label'], status='ok', reason=f"{note}; restored from {mv['dest']}")]
+    if mv['op'] == 'relabel':
+        rows.append(base | dict(file=mv['dest'], label=mv['label'], status='relabelled', reason=f"{note}; moved back to {back}"))
+    append_manifest(root, rows)
+    return back, (f"{mv['src']} was taken: restored as {back}" if back != mv['src'] else None)
+
+# %% ../nbs/08_clean.ipynb #c094
+def undo_apply(journal=None, root=None) -> dict:
+    "Move every file of apply `journal` (its path, folder or stamp; default: the latest not undone for `root`) back, byte-identical"
+    jpath = _journal_path(journal, root)
+    j = read_journal(jpath)
     if j.get('undone'): raise ValueError(f"{jpath} was already undone at {j['undone']}")
     root = Path(j['root'])
     restored, problems = [], []
     for mv in reversed(j['moves']):
-        src, dest = root/mv['src'], (root/mv['dest']).resolve()
-        if not dest.is_file(): problems.append(f"{mv['dest']}: gone, cannot restore {mv['src']}"); continue
-        if sha256_file(dest) != mv['sha256']: problems.append(f"{mv['dest']}: changed since the apply, left in place"); continue
-        got = move_no_clobber(dest, src)
-        back = got.relative_to(root).as_posix()
-        restored.append(dict(mv, restored_to=back))
-        note = f"undo {jpath.parent.name}: {mv['reason']}"
-        base = _manifest_base(last_rows(root), mv['src']) | {'sha256': mv['sha256']}
-        rows = [base | dict(file=back, label=mv['label'], status='ok', reason=f"{note}; restored from {mv['dest']}")]
-        if mv['op'] == 'relabel':
-            rows.append(base | dict(file=mv['dest'], label=mv['label'], status='relabelled', reason=f"{note}; moved back to {back}"))
-        append_manifest(root, rows)
-        if back != mv['src']: problems.append(f"{mv['src']} was taken: restored as {back}")
-    j['undone'] = now_utc(); j['undo'] = dict(restored=len(restored), problems=problems)
+        back, problem = _undo_move(root, mv, f"undo {jpath.parent.name}: {mv['reason']}")
+        if back is not None: restored.append(dict(mv, restored_to=back))
+        if problem: problems.append(problem)
+    j['undone'] = utc_now(); j['undo'] = dict(restored=len(restored), problems=problems)
     _write_journal(jpath, j)
     return dict(journal=str(jpath), restored=restored, problems=problems)
 
-# %% ../nbs/08_clean.ipynb #c031
-FEATURE_SIZE = 224
-LABEL_ISSUE, OUTLIER, CROSS_DUP, UNREADABLE = 'label_issue', 'outlier', 'cross_label_duplicate', 'unreadable'
-
-def _feature_cache(backbone:str, cache=None) -> Path:
-    p = Path(cache) if cache is not None else cache_dir()/'features'
-    p = p/f'{backbone}-{FEATURE_SIZE}'
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-def image_features(files, backbone:str=DEFAULT_BACKBONE, bs:int=32, cache=None, shas=None) -> tuple[np.ndarray, list]:
-    "Pooled frozen-backbone features (n, 1280) of `files`, cached by sha256; rows of unreadable images are NaN"
-    import torch
-    files = [Path(f) for f in files]
-    shas = shas or [sha256_file(f) for f in files]
-    cdir = _feature_cache(backbone, cache)
-    feats, todo, errors = [None]*len(files), [], [None]*len(files)
-    for i, s in enumerate(shas):
-        p = cdir/f'{s}.npy'
-        if p.exists():
-            try: feats[i] = np.load(p); continue
-            except Exception: pass                      # a damaged cache entry is recomputed
-        todo.append(i)
-    if todo:
-        model = create_backbone(backbone)
-        with torch.inference_mode():
-            for k in range(0, len(todo), bs):
-                xs, idx = [], []
-                for i in todo[k:k+bs]:
-                    try:
-                        with Image.open(files[i]) as im: xs.append(imagenet_preprocess(im, FEATURE_SIZE)); idx.append(i)
-                    except Exception as e: errors[i] = f"{type(e).__name__}: {e}"
-                if not xs: continue
-                f = model.forward_head(model.forward_features(torch.cat(xs)), pre_logits=True).float().numpy()
-                for i, v in zip(idx, f):
-                    feats[i] = v
-                    fd, tmp = tempfile.mkstemp(dir=cdir, prefix=f'.{shas[i]}', suffix='.npy')
-                    with os.fdopen(fd, 'wb') as fh: np.save(fh, v)
-                    os.replace(tmp, cdir/f'{shas[i]}.npy')
-    dim = next((len(v) for v in feats if v is not None), 1280)
-    X = np.stack([v if v is not None else np.full(dim, np.nan, dtype=np.float32) for v in feats]).astype(np.float32)
-    return X, errors
-
-# %% ../nbs/08_clean.ipynb #c032
-def out_of_sample_probs(X:np.ndarray, y:np.ndarray, n_splits:int=5, C:float=0.01, seed:int=42) -> np.ndarray:
-    "k-fold cross-validated logistic-regression probabilities (n, n_classes): each row from a model that did not see it"
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler, Normalizer
-    from threadpoolctl import threadpool_limits
-    counts = np.bincount(y)
-    k = int(min(n_splits, counts.min()))
-    if k < 2: raise ValueError(f"every label needs at least 2 images for cross-validation (counts {counts.tolist()})")
-    clf = make_pipeline(Normalizer(), StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
-    # One BLAS thread: these matrices are tiny, and on a busy machine a multi-threaded BLAS spends
-    # its time waiting for cores (7 s instead of 0.2 s for the 427 reference bears, measured)
-    with threadpool_limits(1): return cross_val_predict(clf, X, y, cv=cv, method='predict_proba')
-
-def outlier_scores(X:np.ndarray, z:float=3.0) -> tuple[np.ndarray, np.ndarray]:
-    "cleanlab kNN out-of-distribution scores (1 = typical) and a robust-z flag for images unlike the rest"
-    from cleanlab.outlier import OutOfDistribution
-    from sklearn.preprocessing import normalize
-    k = int(min(10, len(X)-1))
-    from threadpoolctl import threadpool_limits
-    with warnings.catch_warnings(), _quiet(), threadpool_limits(1):
-        warnings.simplefilter('ignore')
-        s = OutOfDistribution(params=dict(k=k)).fit_score(features=normalize(X))
-    d = -np.log(np.clip(s, 1e-12, None))               # distance relative to the typical one
-    med = np.median(d); mad = 1.4826*np.median(np.abs(d - med)) or 1e-6
-    return s, d > med + z*mad
-
-class _quiet:
-    "Silence cleanlab's progress prints"
-    def __enter__(self):
-        import contextlib
-        self._cm = contextlib.redirect_stdout(io.StringIO()); self._cm.__enter__()
-    def __exit__(self, *a): return self._cm.__exit__(*a)
-
-def _phash(f, sha:str=None, cache=None) -> str:
-    "imagehash's 64-bit perceptual hash of image `f` as hex ('' when unreadable), cached by sha256"
-    import imagehash
-    p = (Path(cache) if cache is not None else cache_dir()/'features')/'phash'/f'{sha}.txt' if sha else None
-    if p is not None and p.exists(): return p.read_text().strip()
-    try:
-        with Image.open(f) as im: h = str(imagehash.phash(im))
-    except Exception: return ''
-    if p is not None:
-        try: atomic_write_text(p, h)
-        except OSError: pass
-    return h
-
-def cross_label_duplicates(files, labels, shas, phashes, max_bits:int=8) -> list[tuple[int,int,int]]:
-    "Pairs `(i, j, bits)` of the same photo under two labels: equal sha256 or 64-bit phashes within `max_bits`"
-    n = len(files)
-    H = np.array([int(p, 16) if p else 0 for p in phashes], dtype=np.uint64)
-    ok = np.array([bool(p) for p in phashes]); labels = np.array(labels); shas = np.array(shas)
-    out = []
-    for i in range(n - 1):
-        j = np.arange(i+1, n)
-        x = np.bitwise_xor(H[j], H[i]).view(np.uint8).reshape(-1, 8)
-        bits = np.unpackbits(x, axis=1).sum(1)
-        same = (shas[j] == shas[i]) | (ok[i] & ok[j] & (bits <= max_bits))
-        for k in np.flatnonzero(same & (labels[j] != labels[i])):
-            out.append((i, int(j[k]), 0 if shas[j[k]] == shas[i] else int(bits[k])))
-    return out
-
-# %% ../nbs/08_clean.ipynb #c033
-def rank_label_issues(root, files=None, backbone:str=DEFAULT_BACKBONE, n_splits:int=5, C:float=0.01,
-                      outlier_z:float=3.0, dup_bits:int=8, cache=None, seed:int=42) -> pd.DataFrame:
-    "Every usable image of `root` ranked by how likely its label is wrong (out-of-sample), plus outliers and cross-label duplicates"
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-    root = Path(root).resolve()
-    files = [Path(f).resolve() for f in (files if files is not None else usable_files(root))]
-    if not files: raise ValueError(f"no usable images under {root}")
-    rel = [f.relative_to(root).as_posix() for f in files]
-    given = [f.parent.name for f in files]
-    last = last_rows(root)
-    shas = [sha256_file(f) for f in files]
-    X, errors = image_features(files, backbone, cache=cache, shas=shas)
-    good = np.array([e is None for e in errors])
-    vocab = sorted(set(np.array(given)[good]))
-    if len(vocab) < 2: raise ValueError(f"{root} needs at least 2 labels with readable images to rank label issues")
-    y = np.array([vocab.index(g) for g in np.array(given)[good]])
-    P = np.full((len(files), len(vocab)), np.nan)
-    P[good] = out_of_sample_probs(X[good], y, n_splits=n_splits, C=C, seed=seed)
-    n = len(files)
-    quality = np.full(n, np.nan); flagged = np.zeros(n, bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        quality[good] = get_label_quality_scores(y, P[good], method='self_confidence')
-        flagged[np.flatnonzero(good)[find_label_issues(y, P[good], filter_by='prune_by_noise_rate')]] = True
-    ood = np.full(n, np.nan); is_out = np.zeros(n, bool)
-    ood[good], is_out[good] = outlier_scores(X[good], outlier_z)
-    phashes = [(last.get(r) or {}).get('phash') or _phash(f, sha, cache) for r, f, sha in zip(rel, files, shas)]
-    dups = cross_label_duplicates(files, given, shas, phashes, dup_bits)
-    suggested = [vocab[int(np.nanargmax(p))] if g else '' for p, g in zip(P, good)]
-    rows = []
-    for i in range(n):
-        kind, score, detail = '', 1 - quality[i], ''
-        if not good[i]: kind, score, detail = UNREADABLE, 1.0, errors[i]
-        elif is_out[i]:
-            kind, score = OUTLIER, 1 - ood[i]
-            detail = f"looks like none of the labels: neighbour distance {-np.log(ood[i]):.2f}x the typical"
-        elif flagged[i] or suggested[i] != given[i] and quality[i] < 0.5:
-            kind, detail = LABEL_ISSUE, f"out-of-sample p({given[i]})={quality[i]:.3f}, p({suggested[i]})={np.nanmax(P[i]):.3f}"
-        rows.append(dict(file=rel[i], given_label=given[i], suggested_label=suggested[i], score=float(score), kind=kind, detail=detail))
-    for i, j, b in dups:
-        for a, o in ((i, j), (j, i)):
-            s = 1 - b/64
-            if rows[a]['kind'] in (UNREADABLE,): continue
-            rows[a].update(kind=CROSS_DUP, score=max(s, rows[a]['score']), suggested_label=given[o],
-                           detail=f"same photo as {rel[o]} ({'identical bytes' if b == 0 and shas[a] == shas[o] else f'phash {b} bits apart'})")
-    df = pd.DataFrame(rows)
-    for c, lab in enumerate(vocab): df[f'p_{lab}'] = P[:, c]
-    df['outlier_score'] = ood
-    df = df.sort_values('score', ascending=False, kind='stable').reset_index(drop=True)
-    df.attrs['root'] = str(root)
-    return df
-
-# %% ../nbs/08_clean.ipynb #c039
-def _font(size:int):
-    try: return ImageFont.load_default(size=size)
-    except TypeError: return ImageFont.load_default()
-
-def contact_sheet(ranking:pd.DataFrame, root, dest, top:int=24, cols:int=6, tile:int=200) -> Path:
-    "A PNG grid of the first `top` images of `ranking`, captioned given -> suggested, score and kind (or 'ranked')"
-    root = Path(root); dest = Path(dest)
-    sus = ranking.head(top)
-    n = max(len(sus), 1); rows = (n + cols - 1)//cols
-    cap = 46; W, H = cols*tile, rows*(tile + cap)
-    sheet = Image.new('RGB', (W, H), 'white'); draw = ImageDraw.Draw(sheet)
-    f1, f2 = _font(14), _font(12)
-    colors = {LABEL_ISSUE: (200, 30, 30), OUTLIER: (150, 60, 170), CROSS_DUP: (20, 90, 200), UNREADABLE: (90, 90, 90), '': (60, 60, 60)}
-    for k, r in enumerate(sus.itertuples()):
-        x, y = (k % cols)*tile, (k//cols)*(tile + cap)
-        try:
-            with Image.open(root/r.file) as im:
-                im = im.convert('RGB'); im.thumbnail((tile-8, tile-8))
-        except Exception:
-            im = Image.new('RGB', (tile-8, tile-8), (200, 200, 200))
-        sheet.paste(im, (x + (tile - im.width)//2, y + (tile - im.height)//2))
-        draw.rectangle([x+1, y+1, x+tile-2, y+tile+cap-2], outline=colors.get(r.kind, (0, 0, 0)), width=2)
-        draw.text((x+6, y+tile), f"#{k+1} {r.given_label} -> {r.suggested_label or '?'}  {r.score:.2f}", fill=(0, 0, 0), font=f1)
-        draw.text((x+6, y+tile+18), f"{r.kind or 'ranked'}  {Path(r.file).name}", fill=colors.get(r.kind, (0, 0, 0)), font=f2)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.tmp'); os.close(fd)
-    try: sheet.save(tmp, format='PNG'); os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-    return dest
-
-def write_report(ranking:pd.DataFrame, root, out=None, top:int=24) -> dict:
-    "Write `suspects.csv`, `ranking.csv`, `suspects.png` and `report.json` for `ranking` into `out`"
-    root = Path(root).resolve(); out = Path(out) if out is not None else clean_dir(root)
-    out.mkdir(parents=True, exist_ok=True)
-    cols = ['file', 'given_label', 'suggested_label', 'score', 'kind', 'detail']
-    sus = ranking[ranking.kind != '']
-    atomic_write_text(out/'suspects.csv', sus[cols].to_csv(index=False, float_format='%.4f'))
-    atomic_write_text(out/'ranking.csv', ranking.to_csv(index=False, float_format='%.4f'))
-    contact_sheet(ranking, root, out/'suspects.png', top=top)
-    counts = {k: int((ranking.kind == k).sum()) for k in (LABEL_ISSUE, OUTLIER, CROSS_DUP, UNREADABLE)}
-    meta = dict(root=str(root), created=now_utc(), images=len(ranking), suspects=len(sus), counts=counts,
-                files={k: str(out/k) for k in ('suspects.csv', 'ranking.csv', 'suspects.png')})
-    atomic_write_text(out/'report.json', json.dumps(meta, indent=1))
-    return meta
-
-# %% ../nbs/08_clean.ipynb #c044
-def _table(rows, cols) -> str:
+# %% ../nbs/08_clean.ipynb #c097
+def text_table(rows, cols) -> str:
+    "`rows` (sequences) under the header `cols`, in left-aligned columns"
     w = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(cols)]
     line = lambda r: '  '.join(str(v).ljust(w[i]) for i, v in enumerate(r)).rstrip()
     return '\n'.join([line(cols), line(['-'*x for x in w])] + [line(r) for r in rows])
 
-@call_parse(pos=['root'])
-def bear_clean_report(
-    root:str='data/bears',    # Dataset folder: one sub-folder of images per label
-    out:str=None,             # Where to write suspects.csv, ranking.csv, suspects.png (default ROOT-clean beside it)
-    top:int=24,               # How many suspects to print and put on the contact sheet
-    backbone:str=DEFAULT_BACKBONE, # Frozen backbone for the features
-    folds:int=5,              # Cross-validation folds
-):
-    "Rank the images of ROOT by how likely their label is wrong; write suspects.csv and a contact sheet"
-    if not Path(root).is_dir(): raise SystemExit(f"bear-clean-report: {root} is not a folder; pass the dataset folder (one sub-folder per label)")
-    t = time.perf_counter()
-    try: ranking = rank_label_issues(root, backbone=backbone, n_splits=folds)
-    except Exception as e: raise SystemExit(f"bear-clean-report: {e}")
-    meta = write_report(ranking, root, out, top=top)
-    sus = ranking[ranking.kind != ''].head(top)
-    print(_table([(i+1, r.file, r.given_label, r.suggested_label, f'{r.score:.3f}', r.kind) for i, r in enumerate(sus.itertuples())],
-                 ['#', 'file', 'given', 'suggested', 'score', 'kind']))
-    c = meta['counts']
-    print(f"{meta['images']} images, {meta['suspects']} suspects ({c[LABEL_ISSUE]} label issues, {c[OUTLIER]} outliers, "
-          f"{c[CROSS_DUP]} cross-label duplicates, {c[UNREADABLE]} unreadable) in {time.perf_counter()-t:.1f}s")
-    print(f"wrote {meta['files']['suspects.csv']} and {meta['files']['suspects.png']}")
-
+# %% ../nbs/08_clean.ipynb #c099
 @call_parse
 def bear_clean_apply(
     decisions:str,            # The decisions JSON the cleaner saved
@@ -658,16 +381,17 @@ def bear_clean_apply(
     "Carry out the cleaner's decisions: trashed files go to ROOT/../.trash/<stamp>/, relabelled ones to their new folder"
     if not Path(decisions).is_file(): raise SystemExit(f"bear-clean-apply: {decisions} not found; pass the decisions file the cleaner saved")
     try: res = apply_decisions(decisions, root=root, dry_run=dry_run)
-    except Exception as e: raise SystemExit(f"bear-clean-apply: {e}")
+    except Exception as e: raise SystemExit(f"bear-clean-apply: {one_line(e)}")
     plan = res['plan']
     if not plan: print("nothing to do: no trash or relabel decisions"); return
     done = {m['src']: m['dest'] for m in res['moves']}
     rows = [(o['op'], o['file'], f"skip: {o['skip']}" if o['skip'] else (done.get(o['file']) or o.get('dest'))) for o in plan]
-    print(_table(rows, ['action', 'file', 'would go to' if dry_run else 'went to']))
+    print(text_table(rows, ['action', 'file', 'would go to' if dry_run else 'went to']))
     n = sum(1 for o in plan if not o['skip'])
     if dry_run: print(f"dry run: {n} move(s) planned, nothing changed")
     else: print(f"{len(res['moves'])} move(s) done; journal {res['journal'] or '-'} (undo: bear-clean-undo {res['journal'] or ''})".rstrip())
 
+# %% ../nbs/08_clean.ipynb #c101
 @call_parse(pos=['journal'])
 def bear_clean_undo(
     journal:str=None,         # An apply journal, its folder or its stamp (default: the latest apply of ROOT)
@@ -675,7 +399,7 @@ def bear_clean_undo(
 ):
     "Undo a bear-clean-apply: move every file back, byte-identical, and record it in the manifest"
     try: res = undo_apply(journal, root=root)
-    except Exception as e: raise SystemExit(f"bear-clean-undo: {e}")
+    except Exception as e: raise SystemExit(f"bear-clean-undo: {one_line(e)}")
     for r in res['restored']: print(f"restored {r['restored_to']}  (from {r['dest']})")
     for p in res['problems']: print(f"warning: {p}")
     print(f"{len(res['restored'])} file(s) restored from {res['journal']}")

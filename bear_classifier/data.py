@@ -6,8 +6,6 @@ Docs: https://bear-classifier.github.io/bear_classifier/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #c003
 from __future__ import annotations
-import os, tempfile
-from functools import partial
 from pathlib import Path
 
 from fastcore.foundation import L
@@ -16,11 +14,12 @@ from fastai.data.transforms import get_image_files, parent_label, RandomSplitter
 from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Resize, ResizeMethod, RandomResizedCrop, aug_transforms
 
-from .collect import usable_files
+from .files import atomic_path
+from .manifest import usable_files
 
 # %% auto #0
-__all__ = ['ITEM_TFMS', 'get_bear_files', 'photo_dataset', 'bear_item_tfms', 'bear_datablock', 'DataError', 'check_dataset',
-           'bear_dataloaders', 'save_show_batch']
+__all__ = ['ITEM_TFMS', 'get_bear_files', 'bear_item_tfms', 'bear_datablock', 'DataError', 'check_dataset', 'bear_dataloaders',
+           'save_figure', 'save_show_batch']
 
 # %% ../nbs/06_data.ipynb #c006
 def get_bear_files(path) -> L:
@@ -29,24 +28,7 @@ def get_bear_files(path) -> L:
     allowed = {p.resolve() for p in usable_files(path)}
     return get_image_files(path).filter(lambda f: f.resolve() in allowed)
 
-# %% ../nbs/06_data.ipynb #c008
-def photo_dataset(dest, n:int=6, size:int=160) -> Path:
-    "A tiny two-label dataset (`cat`, `coffee`) of crops of scikit-image photos, for examples and tests"
-    import numpy as np
-    from PIL import Image
-    from skimage import data as skdata
-    dest = Path(dest)
-    for label, arr in [('cat', skdata.chelsea()), ('coffee', skdata.coffee())]:
-        (dest/label).mkdir(parents=True, exist_ok=True)
-        h, w = arr.shape[:2]
-        for i in range(n):
-            y, x = (i*37) % (h//3), (i*53) % (w//3)
-            img = Image.fromarray(arr[y:y+2*h//3, x:x+2*w//3])
-            if i % 2: img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            img.resize((size, size*3//4)).save(dest/label/f'{i:03d}.jpg', quality=90)
-    return dest
-
-# %% ../nbs/06_data.ipynb #c011
+# %% ../nbs/06_data.ipynb #c009
 ITEM_TFMS = ('crop', 'squish', 'pad', 'rrc')
 
 def bear_item_tfms(item_tfms:str='rrc', size:int=224, min_scale:float=0.5):
@@ -57,6 +39,7 @@ def bear_item_tfms(item_tfms:str='rrc', size:int=224, min_scale:float=0.5):
     if item_tfms == 'rrc':    return RandomResizedCrop(size, min_scale=min_scale)
     raise ValueError(f"unknown item_tfms {item_tfms!r}; choose one of {', '.join(ITEM_TFMS)}")
 
+# %% ../nbs/06_data.ipynb #c012
 def bear_datablock(item_tfms:str='rrc', size:int=224, valid_pct:float=0.2, seed:int=42,
                    aug:bool|dict=True, min_scale:float=0.5, get_items=get_bear_files) -> DataBlock:
     "The lesson's bear `DataBlock`; `aug` is `aug_transforms()` (True), its keyword arguments (dict) or none (False)"
@@ -69,10 +52,11 @@ def bear_datablock(item_tfms:str='rrc', size:int=224, valid_pct:float=0.2, seed:
         item_tfms=bear_item_tfms(item_tfms, size, min_scale),
         batch_tfms=batch_tfms)
 
-# %% ../nbs/06_data.ipynb #c014
+# %% ../nbs/06_data.ipynb #c015
 class DataError(ValueError):
     "The image folder cannot make a training set; the message says what to do"
 
+# %% ../nbs/06_data.ipynb #c018
 def check_dataset(root, min_per_label:int=2) -> dict:
     "Count the usable images per label of `root`, raising `DataError` with a fix when training cannot work"
     root = Path(root)
@@ -85,6 +69,7 @@ def check_dataset(root, min_per_label:int=2) -> dict:
     if few: raise DataError(f"too few usable images for label(s) {', '.join(f'{k} ({v})' for k, v in few.items())}; add photos (at least {min_per_label} each)")
     return counts
 
+# %% ../nbs/06_data.ipynb #c021
 def bear_dataloaders(root, item_tfms:str='rrc', size:int=224, bs:int=32, valid_pct:float=0.2, seed:int=42,
                      num_workers:int=0, aug:bool|dict=True, min_scale:float=0.5, device=None, **kwargs):
     "DataLoaders for `root/<label>/*` (manifest honoured): `bear_datablock(...).dataloaders(root)`"
@@ -93,21 +78,20 @@ def bear_dataloaders(root, item_tfms:str='rrc', size:int=224, bs:int=32, valid_p
     dblock = bear_datablock(item_tfms, size, valid_pct, seed, aug, min_scale)
     return dblock.dataloaders(Path(root), bs=bs, num_workers=num_workers, device=device, **kwargs)
 
-# %% ../nbs/06_data.ipynb #c019
+# %% ../nbs/06_data.ipynb #c026
+def save_figure(dest, fig=None, dpi:int=80) -> Path:
+    "Save matplotlib's `fig` (default: the current figure) as the PNG `dest`, atomically, and close it"
+    import matplotlib.pyplot as plt
+    fig = fig or plt.gcf()
+    try:
+        with atomic_path(dest, '.png') as tmp: fig.savefig(tmp, format='png', bbox_inches='tight', dpi=dpi)
+    finally: plt.close(fig)
+    return Path(dest)
+
+# %% ../nbs/06_data.ipynb #c029
 def save_show_batch(dls, dest, unique:bool=False, max_n:int=9, nrows:int=None, **kwargs) -> Path:
     "Save `dls.train.show_batch(...)` as the PNG `dest`; `unique=True` is the augmentation preview"
     import matplotlib
-    import matplotlib.pyplot as plt
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
     with matplotlib.rc_context({'figure.max_open_warning': 0}):
         dls.train.show_batch(max_n=max_n, nrows=nrows, unique=unique, show=True, **kwargs)
-        fig = plt.gcf()
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.stem, suffix='.png.tmp')
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format='png', bbox_inches='tight', dpi=80)
-            os.replace(tmp, dest)
-        finally:
-            plt.close(fig)
-            if os.path.exists(tmp): os.unlink(tmp)
-    return dest
+        return save_figure(dest)

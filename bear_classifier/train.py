@@ -6,8 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #c003
 from __future__ import annotations
-import copy, json, math, os, platform, shutil, sys, tempfile, time
-from datetime import datetime, timezone
+import copy, csv, io, json, math, time
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,17 @@ from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.vision.learner import vision_learner
 from fastai.interpret import ClassificationInterpretation
 
-from .core import (DEFAULT_BACKBONE, LITE_STATS, IMAGENET_BEAR_CLASSES, BackboneError,
-                                  create_backbone, create_model, create_model_head, pretrained_arch, imagenet_classes)
-from .data import DataError, bear_dataloaders, get_bear_files, save_show_batch, check_dataset
+from .files import atomic_write, is_off, one_line, replace_dir, temp_dir, utc_now, utc_stamp
+from .core import (DEFAULT_BACKBONE, LITE_STATS, IMAGENET_BEAR_CLASSES, BackboneError, create_backbone,
+                                  create_model_head, imagenet_classes, package_versions, pretrained_arch)
+from .data import DataError, bear_dataloaders, check_dataset, get_bear_files, save_figure, save_show_batch
 
 # %% auto #0
-__all__ = ['RECIPES', 'PROBE_LAMBDAS', 'recipe_config', 'parse_imagenet_map', 'linear_head', 'init_head_from_imagenet',
-           'pooled_features', 'fit_logistic', 'choose_lambda', 'linear_probe', 'wise_interpolate', 'build_learner',
-           'train_learner', 'evaluate', 'test_items', 'per_class_rows', 'package_versions', 'model_config',
-           'write_report', 'train_run', 'bear_train']
+__all__ = ['RECIPES', 'PROBE_LAMBDAS', 'PER_CLASS_COLUMNS', 'RECIPE_FACTS', 'recipe_config', 'imagenet_index',
+           'parse_imagenet_map', 'linear_head', 'init_head_from_imagenet', 'pooled_features', 'fit_logistic',
+           'choose_lambda', 'wise_interpolate', 'build_learner', 'linear_probe', 'apply_prior', 'fine_tune_recipe',
+           'train_learner', 'evaluate', 'test_items', 'Interpretation', 'per_class_rows', 'report_split',
+           'model_config', 'run_metrics', 'write_csv', 'split_rows', 'write_report', 'train_run', 'bear_train']
 
 # %% ../nbs/07_train.ipynb #c006
 RECIPES = {
@@ -45,6 +46,7 @@ RECIPES = {
                     label_smoothing=0.1, wise_alpha=0.5),
 }
 
+# %% ../nbs/07_train.ipynb #c009
 def recipe_config(recipe:str='default', **overrides) -> dict:
     "The settings of `recipe` with `overrides` (None values ignored)"
     if recipe not in RECIPES: raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -54,40 +56,39 @@ def recipe_config(recipe:str='default', **overrides) -> dict:
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return cfg
 
-# %% ../nbs/07_train.ipynb #c009
+# %% ../nbs/07_train.ipynb #c012
+def imagenet_index(c, names:list|None=None) -> int:
+    "The ImageNet class index of `c`: an index 0-999 or a class name of `core.imagenet_classes()`, any case"
+    c = str(c).strip()
+    if c.isdigit(): i = int(c)
+    else:
+        names = [n.lower() for n in (names or imagenet_classes())]
+        if c.lower() not in names: raise ValueError(f"{c!r} is not an ImageNet class name (see core.imagenet_classes())")
+        i = names.index(c.lower())
+    if not 0 <= i < 1000: raise ValueError(f"ImageNet class index {i} is out of range 0-999")
+    return i
+
+# %% ../nbs/07_train.ipynb #c015
 def parse_imagenet_map(spec) -> dict:
     "An ImageNet mapping {label: [class indices]} from a dict, `None` (the bear default) or 'label=idx|name+...,...'"
     if spec is None: return {k: list(v) for k, v in IMAGENET_BEAR_CLASSES.items()}
-    if isinstance(spec, dict): items = spec.items()
+    if isinstance(spec, dict): items = list(spec.items())
     else:
         spec = str(spec).strip()
-        if spec.lower() in ('', 'none', 'off'): return {}
-        items = []
-        for part in spec.split(','):
-            if '=' not in part: raise ValueError(f"bad ImageNet mapping {part!r}: write label=class, e.g. grizzly=294 or grizzly=brown bear")
-            k, v = part.split('=', 1)
-            items.append((k.strip(), v.split('+')))
-    names = None
-    out = {}
-    for label, classes in items:
-        idxs = []
-        for c in ([classes] if isinstance(classes, (int, str)) else classes):
-            c = str(c).strip()
-            if c.isdigit(): i = int(c)
-            else:
-                names = names or [n.lower() for n in imagenet_classes()]
-                if c.lower() not in names: raise ValueError(f"{c!r} is not an ImageNet class name (see core.imagenet_classes())")
-                i = names.index(c.lower())
-            if not 0 <= i < 1000: raise ValueError(f"ImageNet class index {i} is out of range 0-999")
-            idxs.append(i)
-        out[str(label)] = idxs
-    return out
+        if not spec or is_off(spec): return {}
+        bad = [p for p in spec.split(',') if '=' not in p]
+        if bad: raise ValueError(f"bad ImageNet mapping {bad[0]!r}: write label=class, e.g. grizzly=294 or grizzly=brown bear")
+        items = [(k.strip(), v.split('+')) for k, v in (p.split('=', 1) for p in spec.split(','))]
+    names = imagenet_classes()
+    as_list = lambda c: [c] if isinstance(c, (int, str)) else c
+    return {str(label): [imagenet_index(c, names) for c in as_list(classes)] for label, classes in items}
 
-# %% ../nbs/07_train.ipynb #c012
+# %% ../nbs/07_train.ipynb #c018
 def linear_head(model:nn.Module) -> nn.Linear:
     "The final `nn.Linear` of a `create_model`/`vision_learner` model"
     return [m for m in model[1].modules() if isinstance(m, nn.Linear)][-1]
 
+# %% ../nbs/07_train.ipynb #c020
 def init_head_from_imagenet(model:nn.Module, vocab, mapping:dict, backbone:str=DEFAULT_BACKBONE) -> list[str]:
     "Start the rows of `model`'s linear head for mapped labels from ImageNet's classifier rows"
     lin = linear_head(model)
@@ -103,7 +104,7 @@ def init_head_from_imagenet(model:nn.Module, vocab, mapping:dict, backbone:str=D
             lin.bias[i] = clf.bias[rows].mean(0)
     return [str(vocab[i]) for i, _ in todo]
 
-# %% ../nbs/07_train.ipynb #c017
+# %% ../nbs/07_train.ipynb #c025
 PROBE_LAMBDAS = (1e-1, 1e-2, 1e-3, 1e-4)   # decades from "close to the prior" to "almost unpenalised" (as benchmarked)
 
 @torch.no_grad()
@@ -118,6 +119,7 @@ def pooled_features(model:nn.Module, dl) -> tuple[torch.Tensor, torch.Tensor]:
     finally: model.train(was)
     return torch.cat(fs), torch.cat(ys)
 
+# %% ../nbs/07_train.ipynb #c028
 def fit_logistic(X, y, W0, b0, lam:float, label_smoothing:float=0.0, max_iter:int=200):
     "Multinomial logistic regression by L-BFGS with penalty `lam*||W-W0||²`, starting from (W0, b0)"
     W, b = W0.clone().requires_grad_(), b0.clone().requires_grad_()
@@ -130,6 +132,7 @@ def fit_logistic(X, y, W0, b0, lam:float, label_smoothing:float=0.0, max_iter:in
     with torch.enable_grad(): opt.step(closure)
     return W.detach(), b.detach()
 
+# %% ../nbs/07_train.ipynb #c031
 def choose_lambda(X, y, W0, b0, lams=PROBE_LAMBDAS, folds:int=5, seed:int=42, label_smoothing:float=0.0):
     "The penalty in `lams` with the lowest cross-validated log-loss, and the losses"
     g = torch.Generator().manual_seed(seed)
@@ -146,6 +149,26 @@ def choose_lambda(X, y, W0, b0, lams=PROBE_LAMBDAS, folds:int=5, seed:int=42, la
         losses[lam] = tot/len(y)
     return min(losses, key=losses.get), losses
 
+# %% ../nbs/07_train.ipynb #c034
+def wise_interpolate(model:nn.Module, start_state:dict, alpha:float=0.5) -> nn.Module:
+    "Set `model`'s weights to `(1-alpha)*start_state + alpha*current` (WiSE-FT), in place"
+    if not 0. <= alpha <= 1.: raise ValueError(f"wise_alpha must be between 0 and 1, got {alpha}")
+    sd = model.state_dict()
+    with torch.no_grad():
+        for k, v in sd.items():
+            if v.is_floating_point(): v.copy_(start_state[k].to(v.dtype).lerp(v, alpha))
+    return model
+
+# %% ../nbs/07_train.ipynb #c037
+def build_learner(dls, cfg:dict, backbone:str=DEFAULT_BACKBONE) -> Learner:
+    "`vision_learner` on the offline `backbone` with the recipe's head and loss"
+    head = None
+    if cfg['head'] == 'linear': head = create_model_head('linear', create_backbone(backbone, pretrained=False).num_features, dls.c, cfg['ps'])
+    elif cfg['head'] != 'fastai': raise ValueError(f"unknown head {cfg['head']!r}; choose fastai or linear")
+    loss = LabelSmoothingCrossEntropyFlat(eps=cfg['label_smoothing']) if cfg['label_smoothing'] else CrossEntropyLossFlat()
+    return vision_learner(dls, pretrained_arch(backbone), custom_head=head, ps=cfg['ps'], loss_func=loss, metrics=accuracy)
+
+# %% ../nbs/07_train.ipynb #c040
 def linear_probe(learn:Learner, prior_labels=(), label_smoothing:float=0.0, lams=PROBE_LAMBDAS, seed:int=42) -> dict:
     "Fit the linear head of `learn` on frozen features of its training images; returns what it did"
     lin = linear_head(learn.model)
@@ -162,25 +185,32 @@ def linear_probe(learn:Learner, prior_labels=(), label_smoothing:float=0.0, lams
     return dict(probe_lambda=lam, probe_cv_logloss={str(k): round(v, 4) for k, v in cv.items()},
                 probe_train_accuracy=round(acc, 4), probe_n=len(y))
 
-# %% ../nbs/07_train.ipynb #c021
-def wise_interpolate(model:nn.Module, start_state:dict, alpha:float=0.5) -> nn.Module:
-    "Set `model`'s weights to `(1-alpha)*start_state + alpha*current` (WiSE-FT), in place"
-    if not 0. <= alpha <= 1.: raise ValueError(f"wise_alpha must be between 0 and 1, got {alpha}")
-    sd = model.state_dict()
-    with torch.no_grad():
-        for k, v in sd.items():
-            if v.is_floating_point(): v.copy_(start_state[k].to(v.dtype).lerp(v, alpha))
-    return model
+# %% ../nbs/07_train.ipynb #c043
+def apply_prior(learn:Learner, cfg:dict, imagenet_map=None, backbone:str=DEFAULT_BACKBONE, seed:int=42) -> dict:
+    "The recipe's start: ImageNet rows into the head for mapped labels, then the linear probe; returns what it did"
+    mapping = parse_imagenet_map(imagenet_map) if cfg['imagenet_prior'] and cfg['head'] == 'linear' else {}
+    prior = init_head_from_imagenet(learn.model, learn.dls.vocab, mapping, backbone) if mapping else []
+    facts = dict(imagenet_map={k: v for k, v in mapping.items() if k in prior}, prior_labels=prior, imagenet_prior=bool(prior))
+    if cfg['probe']:
+        if cfg['head'] != 'linear': raise ValueError("probe=True needs head='linear'")
+        facts.update(linear_probe(learn, prior, cfg['label_smoothing'], seed=seed))
+    return facts
 
-# %% ../nbs/07_train.ipynb #c024
-def build_learner(dls, cfg:dict, backbone:str=DEFAULT_BACKBONE) -> Learner:
-    "`vision_learner` on the offline `backbone` with the recipe's head and loss"
-    head = None
-    if cfg['head'] == 'linear': head = create_model_head('linear', create_backbone(backbone, pretrained=False).num_features, dls.c, cfg['ps'])
-    elif cfg['head'] != 'fastai': raise ValueError(f"unknown head {cfg['head']!r}; choose fastai or linear")
-    loss = LabelSmoothingCrossEntropyFlat(eps=cfg['label_smoothing']) if cfg['label_smoothing'] else CrossEntropyLossFlat()
-    return vision_learner(dls, pretrained_arch(backbone), custom_head=head, ps=cfg['ps'], loss_func=loss, metrics=accuracy)
+# %% ../nbs/07_train.ipynb #c046
+def fine_tune_recipe(learn:Learner, cfg:dict) -> Learner:
+    "Fine-tune `learn` as the recipe says, then WiSE-FT towards the weights it started from"
+    start = copy.deepcopy(learn.model.state_dict()) if cfg['wise_alpha'] is not None else None
+    if cfg['freeze_epochs'] > 0:
+        learn.fine_tune(cfg['epochs'], base_lr=cfg['base_lr'], freeze_epochs=cfg['freeze_epochs'], lr_mult=cfg['lr_mult'])
+    elif cfg['epochs'] > 0:   # fine_tune's second half: the probe was its first
+        learn.unfreeze()
+        base_lr = cfg['base_lr']/2
+        learn.fit_one_cycle(cfg['epochs'], slice(base_lr/cfg['lr_mult'], base_lr), pct_start=0.3, div=5.0)
+    if start is not None: wise_interpolate(learn.model, start, cfg['wise_alpha'])
+    learn.model.eval()
+    return learn
 
+# %% ../nbs/07_train.ipynb #c049
 def train_learner(root, recipe:str='default', seed:int=42, backbone:str=DEFAULT_BACKBONE, imagenet_map=None,
                   num_workers:int=0, show_progress:bool=True, **overrides) -> tuple[Learner, dict]:
     "Train on `root/<label>/*` with `recipe`; returns the learner and the facts of the run"
@@ -192,26 +222,12 @@ def train_learner(root, recipe:str='default', seed:int=42, backbone:str=DEFAULT_
     learn = build_learner(dls, cfg, backbone)
     if not show_progress: learn.remove_cb(ProgressCallback)
     facts = dict(cfg, seed=seed, backbone=backbone, data_root=str(Path(root).resolve()))
-    mapping = parse_imagenet_map(imagenet_map) if cfg['imagenet_prior'] and cfg['head'] == 'linear' else {}
-    prior = init_head_from_imagenet(learn.model, dls.vocab, mapping, backbone) if mapping else []
-    facts.update(imagenet_map={k: v for k, v in mapping.items() if k in prior}, prior_labels=prior, imagenet_prior=bool(prior))
-    if cfg['probe']:
-        if cfg['head'] != 'linear': raise ValueError("probe=True needs head='linear'")
-        facts.update(linear_probe(learn, prior, cfg['label_smoothing'], seed=seed))
-    start = copy.deepcopy(learn.model.state_dict()) if cfg['wise_alpha'] is not None else None
-    if cfg['epochs'] > 0 or cfg['freeze_epochs'] > 0:
-        if cfg['freeze_epochs'] > 0:
-            learn.fine_tune(cfg['epochs'], base_lr=cfg['base_lr'], freeze_epochs=cfg['freeze_epochs'], lr_mult=cfg['lr_mult'])
-        else:   # fine_tune's second half: the probe was its first
-            learn.unfreeze()
-            base_lr = cfg['base_lr']/2
-            learn.fit_one_cycle(cfg['epochs'], slice(base_lr/cfg['lr_mult'], base_lr), pct_start=0.3, div=5.0)
-    if start is not None: wise_interpolate(learn.model, start, cfg['wise_alpha'])
-    learn.model.eval()
+    facts.update(apply_prior(learn, cfg, imagenet_map, backbone, seed))
+    fine_tune_recipe(learn, cfg)
     facts.update(seconds=round(time.perf_counter() - t0, 2), cpu_seconds=round(time.process_time() - c0, 2))
     return learn, facts
 
-# %% ../nbs/07_train.ipynb #c026
+# %% ../nbs/07_train.ipynb #c052
 def evaluate(learn:Learner, dl) -> dict:
     "Probabilities, targets, accuracy and cross-entropy of `learn`'s model on `dl`"
     probs, targs = learn.get_preds(dl=dl, reorder=False)
@@ -221,6 +237,7 @@ def evaluate(learn:Learner, dl) -> dict:
                 accuracy=(probs.argmax(1) == targs).float().mean().item() if len(targs) else float('nan'),
                 nll=losses.mean().item() if len(targs) else float('nan'))
 
+# %% ../nbs/07_train.ipynb #c055
 def test_items(path, vocab) -> tuple[L, dict]:
     "Images of `path/<label>/*` whose label is in `vocab`, and the count per unknown label left out"
     files = get_bear_files(path)
@@ -230,8 +247,8 @@ def test_items(path, vocab) -> tuple[L, dict]:
         if f.parent.name not in set(vocab): skipped[f.parent.name] = skipped.get(f.parent.name, 0) + 1
     return keep, skipped
 
-# %% ../nbs/07_train.ipynb #c028
-class _Interp(ClassificationInterpretation):
+# %% ../nbs/07_train.ipynb #c058
+class Interpretation(ClassificationInterpretation):
     "A `ClassificationInterpretation` from predictions already computed (no second pass over the data)"
     def __init__(self, learn, dl, ev):
         super().__init__(learn, dl, ev['losses'], None)
@@ -242,11 +259,8 @@ class _Interp(ClassificationInterpretation):
         for t, p in zip(self.ev['targs'].tolist(), self.ev['probs'].argmax(1).tolist()): cm[t, p] += 1
         return cm
 
-def _save_fig(path):
-    import matplotlib.pyplot as plt
-    fig = plt.gcf()
-    fig.savefig(path, format='png', bbox_inches='tight', dpi=80)
-    plt.close(fig)
+# %% ../nbs/07_train.ipynb #c061
+PER_CLASS_COLUMNS = ['split', 'label', 'precision', 'recall', 'f1', 'support']
 
 def per_class_rows(ev:dict, vocab, split:str) -> list[dict]:
     "Precision, recall, F1 and support of every label"
@@ -256,82 +270,91 @@ def per_class_rows(ev:dict, vocab, split:str) -> list[dict]:
     return [dict(split=split, label=str(v), precision=round(float(p[i]), 4), recall=round(float(r[i]), 4),
                  f1=round(float(f[i]), 4), support=int(s[i])) for i, v in enumerate(vocab)]
 
-def package_versions() -> dict:
-    "Versions of the packages that decide what a trained model is"
-    import fastai, timm, torchvision, PIL
-    import bear_classifier
-    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
-                fastai=fastai.__version__, timm=timm.__version__, pillow=PIL.__version__,
-                bear_classifier=bear_classifier.__version__)
+# %% ../nbs/07_train.ipynb #c064
+def report_split(learn:Learner, dl, split:str, rep, suffix:str='') -> tuple[dict, list[dict]]:
+    "Evaluate `learn` on `dl`; save its confusion matrix and top losses into `rep`; the evaluation and per-class rows"
+    ev = evaluate(learn, dl)
+    interp = Interpretation(learn, dl, ev)
+    interp.plot_confusion_matrix(figsize=(4, 4), title=f'Confusion matrix ({split})')
+    save_figure(Path(rep)/f'confusion_matrix{suffix}.png')
+    interp.plot_top_losses(min(9, ev['n']), nrows=3)
+    save_figure(Path(rep)/f'top_losses{suffix}.png')
+    return ev, per_class_rows(ev, learn.dls.vocab, split)
 
-def _write_csv(path, rows, columns):
-    import csv
-    with open(path, 'w', newline='', encoding='utf-8') as f:
-        w = csv.DictWriter(f, fieldnames=columns, lineterminator='\n')
-        w.writeheader(); w.writerows(rows)
+# %% ../nbs/07_train.ipynb #c067
+RECIPE_FACTS = ('recipe', 'seed', 'epochs', 'freeze_epochs', 'base_lr', 'lr_mult', 'label_smoothing',
+                'wise_alpha', 'imagenet_prior', 'imagenet_map', 'probe', 'min_scale', 'aug', 'bs')
 
 def model_config(learn:Learner, facts:dict) -> dict:
     "What serving needs to rebuild and feed the network, plus how it was trained"
-    size = facts['size']
-    rm = facts['item_tfms']
+    size, rm = facts['size'], facts['item_tfms']
     resize = {'rrc': dict(resize_method='squish', resize_size=size + math.ceil(size*0.14/8)*8, center_crop=size),
               'squish': dict(resize_method='squish', resize_size=size, center_crop=size),
               'crop': dict(resize_method='crop', resize_size=size, center_crop=size),
               'pad': dict(resize_method='pad', resize_size=size, center_crop=size, pad_mode='zeros')}[rm]
     return dict(backbone=facts['backbone'], n_out=len(learn.dls.vocab), head=facts['head'], ps=facts['ps'],
-                vocab=[str(v) for v in learn.dls.vocab], size=size, item_tfms=rm, data_root=facts['data_root'], **{'eval_' + k: v for k, v in resize.items()},
-                resize_method=rm, mean=LITE_STATS[0], std=LITE_STATS[1],
-                **{k: facts[k] for k in ('recipe', 'seed', 'epochs', 'freeze_epochs', 'base_lr', 'lr_mult', 'label_smoothing',
-                                         'wise_alpha', 'imagenet_prior', 'imagenet_map', 'probe', 'min_scale', 'aug', 'bs')},
-                **{k: facts[k] for k in ('probe_lambda',) if k in facts},
-                created=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+                vocab=[str(v) for v in learn.dls.vocab], size=size, item_tfms=rm, data_root=facts['data_root'],
+                **{'eval_' + k: v for k, v in resize.items()}, resize_method=rm, mean=LITE_STATS[0], std=LITE_STATS[1],
+                **{k: facts[k] for k in RECIPE_FACTS}, **{k: facts[k] for k in ('probe_lambda',) if k in facts},
+                created=utc_now())
 
-# %% ../nbs/07_train.ipynb #c030
+# %% ../nbs/07_train.ipynb #c070
+def _scores(ev:dict) -> dict:
+    "Accuracy, loss and count of an evaluation, as `metrics.json` reports them"
+    return dict(accuracy=round(ev['accuracy'], 4), loss=round(ev['nll'], 4), n=ev['n'])
+
+# %% ../nbs/07_train.ipynb #c072
+def run_metrics(learn:Learner, facts:dict, ev:dict) -> dict:
+    "`metrics.json` of a run evaluated on its validation split (`ev`): recipe, timings, scores, image counts, versions"
+    dls, vocab = learn.dls, list(learn.dls.vocab)
+    files = list(dls.train_ds.items) + list(dls.valid_ds.items)
+    return dict(**{k: facts[k] for k in ('recipe', 'seed', 'epochs', 'freeze_epochs', 'seconds', 'cpu_seconds', 'backbone')},
+                valid=_scores(ev), test=None,
+                images=dict(train=len(dls.train_ds), valid=len(dls.valid_ds), test=0,
+                            per_label={v: sum(1 for f in files if f.parent.name == v) for v in vocab}),
+                versions=package_versions(), torch_threads=torch.get_num_threads(), created=utc_now())
+
+# %% ../nbs/07_train.ipynb #c075
+def write_csv(path, rows, columns) -> Path:
+    "Write `rows` (dicts) with the header `columns` to the CSV file `path`, atomically"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator='\n')
+    w.writeheader(); w.writerows(rows)
+    return atomic_write(path, buf.getvalue())
+
+# %% ../nbs/07_train.ipynb #c078
+def split_rows(dls) -> list[dict]:
+    "The rows of `split.csv`: every training and validation file (absolute), its label and `is_valid`"
+    return [dict(file=str(Path(f).resolve()), label=Path(f).parent.name, is_valid=int(v))
+            for v, ds in ((False, dls.train_ds), (True, dls.valid_ds)) for f in ds.items]
+
+# %% ../nbs/07_train.ipynb #c081
 def write_report(learn:Learner, facts:dict, out, test=None) -> dict:
     "Write the run folder `out` (export.pkl, model_config.json, split.csv, report/) for a trained `learn`"
     out = Path(out); rep = out/'report'; rep.mkdir(parents=True, exist_ok=True)
     dls, vocab = learn.dls, list(learn.dls.vocab)
     t0 = time.perf_counter()
-    valid_dl = dls.valid.new(shuffle=False, drop_last=False)
-    ev = evaluate(learn, valid_dl)
-    metrics = dict(recipe=facts['recipe'], seed=facts['seed'], epochs=facts['epochs'], freeze_epochs=facts['freeze_epochs'],
-                   seconds=facts['seconds'], cpu_seconds=facts['cpu_seconds'], backbone=facts['backbone'],
-                   valid=dict(accuracy=round(ev['accuracy'], 4), loss=round(ev['nll'], 4), n=ev['n']), test=None,
-                   images=dict(train=len(dls.train_ds), valid=len(dls.valid_ds), test=0,
-                               per_label={v: sum(1 for f in list(dls.train_ds.items) + list(dls.valid_ds.items) if f.parent.name == v) for v in vocab}),
-                   versions=package_versions(), torch_threads=torch.get_num_threads(),
-                   created=datetime.now(timezone.utc).isoformat(timespec='seconds'))
-    rows = per_class_rows(ev, vocab, 'valid')
-    interp = _Interp(learn, valid_dl, ev)
-    interp.plot_confusion_matrix(figsize=(4, 4), title='Confusion matrix (valid)'); _save_fig(rep/'confusion_matrix.png')
-    interp.plot_top_losses(min(9, ev['n']), nrows=3); _save_fig(rep/'top_losses.png')
+    ev, rows = report_split(learn, dls.valid.new(shuffle=False, drop_last=False), 'valid', rep)
+    metrics = run_metrics(learn, facts, ev)
     if test is not None:
         items, skipped = test_items(test, vocab)
         if not len(items): raise DataError(f"{test} holds no images of the labels {', '.join(vocab)}; pass a folder PATH/<label>/*")
-        tdl = dls.test_dl(items, with_labels=True, bs=64)
-        tev = evaluate(learn, tdl)
-        metrics['test'] = dict(accuracy=round(tev['accuracy'], 4), loss=round(tev['nll'], 4), n=tev['n'],
-                               path=str(Path(test).resolve()), skipped_labels=skipped)
+        tev, trows = report_split(learn, dls.test_dl(items, with_labels=True, bs=64), 'test', rep, '_test')
+        metrics['test'] = dict(_scores(tev), path=str(Path(test).resolve()), skipped_labels=skipped)
         metrics['images']['test'] = tev['n']
-        rows += per_class_rows(tev, vocab, 'test')
-        ti = _Interp(learn, tdl, tev)
-        ti.plot_confusion_matrix(figsize=(4, 4), title='Confusion matrix (test)'); _save_fig(rep/'confusion_matrix_test.png')
-        ti.plot_top_losses(min(9, tev['n']), nrows=3); _save_fig(rep/'top_losses_test.png')
-    _write_csv(rep/'per_class.csv', rows, ['split', 'label', 'precision', 'recall', 'f1', 'support'])
+        rows += trows
+    write_csv(rep/'per_class.csv', rows, PER_CLASS_COLUMNS)
     save_show_batch(dls, rep/'show_batch.png', max_n=9, nrows=3)
     save_show_batch(dls, rep/'augmentation.png', unique=True, max_n=8, nrows=2)
-    split = [dict(file=str(Path(f).resolve()), label=f.parent.name, is_valid=int(v))
-             for v, ds in ((False, dls.train_ds), (True, dls.valid_ds)) for f in ds.items]
-    _write_csv(out/'split.csv', split, ['file', 'label', 'is_valid'])
-    cfg = model_config(learn, facts)
-    (out/'model_config.json').write_text(json.dumps(cfg, indent=2))
+    write_csv(out/'split.csv', split_rows(dls), ['file', 'label', 'is_valid'])
+    atomic_write(out/'model_config.json', json.dumps(model_config(learn, facts), indent=2))
     metrics['report_seconds'] = round(time.perf_counter() - t0, 2)
     metrics['recipe_facts'] = {k: v for k, v in facts.items() if k.startswith('probe') or k in ('wise_alpha', 'prior_labels', 'label_smoothing')}
-    (rep/'metrics.json').write_text(json.dumps(metrics, indent=2))
+    atomic_write(rep/'metrics.json', json.dumps(metrics, indent=2))
     learn.export(out/'export.pkl')
     return metrics
 
-# %% ../nbs/07_train.ipynb #c032
+# %% ../nbs/07_train.ipynb #c084
 def train_run(root, out, recipe:str='default', test=None, seed:int=42, backbone:str=DEFAULT_BACKBONE,
               imagenet_map=None, force:bool=False, show_progress:bool=True, **overrides) -> dict:
     "Train on `root` with `recipe` and write the run folder `out`; returns the metrics"
@@ -340,19 +363,12 @@ def train_run(root, out, recipe:str='default', test=None, seed:int=42, backbone:
     if test is not None and not Path(test).is_dir(): raise DataError(f"test folder {test} does not exist; pass a folder PATH/<label>/*")
     check_dataset(root)
     learn, facts = train_learner(root, recipe, seed, backbone, imagenet_map, show_progress=show_progress, **overrides)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
-    try:
+    with temp_dir(out.parent, out.name) as tmp:
         metrics = write_report(learn, facts, tmp, test)
-        if out.exists():
-            old = out.with_name(f'.{out.name}.old-{os.getpid()}')
-            os.replace(out, old); os.replace(tmp, out); shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(tmp, out)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        replace_dir(tmp, out)
     return metrics
 
-# %% ../nbs/07_train.ipynb #c041
+# %% ../nbs/07_train.ipynb #c094
 @call_parse
 def bear_train(
     root:str,                 # Folder of images, one sub-folder per label (manifest honoured)
@@ -370,14 +386,12 @@ def bear_train(
     force:bool=False,         # Replace `out` if it exists
 ):
     "Train a classifier on ROOT and write a run folder with export.pkl, model_config.json, split.csv and report/"
-    out = out or f"runs/{recipe}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    out = out or f"runs/{recipe}-{utc_stamp()}"
     try:
         m = train_run(root, out, recipe=recipe, test=test, seed=seed, backbone=backbone, imagenet_map=imagenet_map, force=force,
                       epochs=epochs, size=size, bs=bs, item_tfms=item_tfms, wise_alpha=wise_alpha)
-    except (DataError, BackboneError, FileExistsError, ValueError) as e:
-        raise SystemExit(f"bear-train: {e}")
-    except KeyboardInterrupt:
-        raise SystemExit("bear-train: interrupted; nothing was written")
+    except (DataError, BackboneError, FileExistsError, ValueError) as e: raise SystemExit(f"bear-train: {one_line(e)}")
+    except KeyboardInterrupt: raise SystemExit("bear-train: interrupted; nothing was written")
     line = f"{out}: valid accuracy {m['valid']['accuracy']:.3f} (n={m['valid']['n']})"
     if m['test']: line += f", test accuracy {m['test']['accuracy']:.3f} (n={m['test']['n']})"
     print(line + f", {m['seconds']:.0f}s training")

@@ -18,18 +18,19 @@ The reference photos already hold a few genuinely mislabelled images, which comp
 flipped ones for the top places: 100% is not always reachable. Target: >= 90% found.
 Prints a table and writes bench/results/clean.json. Timings swing on a shared machine.
 """
-import argparse, json, os, platform, shutil, sys, tempfile, time, warnings
-from datetime import datetime, timezone
+import argparse, json, os, platform, shutil, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
-warnings.filterwarnings('ignore')
+from bear_classifier.files import atomic_write, shared_data_dir, utc_now
+from bear_classifier.manifest import usable_files
+from bear_classifier.clean import move_no_clobber
+from bear_classifier.suspects import rank_label_issues, image_features, LABEL_ISSUE, OUTLIER
 
-from bear_classifier.clean import rank_label_issues, image_features, move_no_clobber, LABEL_ISSUE, OUTLIER  # noqa: E402
-from bear_classifier.collect import usable_files                                                    # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = shared_data_dir()
+warnings.filterwarnings('ignore')
 
 
 def flip_labels(root, frac, seed):
@@ -136,12 +137,10 @@ def main():
               f"{mean['off_topic_top2k']:.1%} in the top 2k")
     print(f"wall time of one ranking of {rows[0]['images']} images: {timing['cold_s']:.1f}s with an empty feature cache, "
           f"{timing.get('warm_s', float('nan')):.1f}s with it filled")
-    res = dict(bench='clean', created=datetime.now(timezone.utc).isoformat(timespec='seconds'),
+    res = dict(bench='clean', created=utc_now(),
                machine=dict(platform=platform.platform(), cpus=os.cpu_count()), frac=a.frac, folds=a.folds,
                rows=rows, mean=mean, timing=timing, target_found_top2k=0.9, meets_target=mean['found_top2k'] >= 0.9)
-    out = ROOT/'bench'/'results'/'clean.json'
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmpf = out.with_suffix('.json.tmp'); tmpf.write_text(json.dumps(res, indent=1)); os.replace(tmpf, out)
+    out = atomic_write(ROOT/'bench'/'results'/'clean.json', json.dumps(res, indent=1))
     print(f"wrote {out.relative_to(ROOT)}")
 
 

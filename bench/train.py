@@ -12,12 +12,13 @@ Prints a table and writes bench/results/train.json. Run from the repository root
 Timings on a shared machine swing a lot: compare rows of one run only; `cpu_s` (process CPU time)
 is steadier than wall time when other processes compete for the cores.
 """
-import argparse, json, os, platform, sys, tempfile, time
-from datetime import datetime, timezone
+import argparse, json, os, platform, sys, tempfile
 from pathlib import Path
 
+from bear_classifier.files import atomic_write, shared_data_dir, utc_now
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
+SHARED = shared_data_dir()
 
 def zero_shot(bears, shift):
     "Accuracy of the untouched ImageNet classifier rows on the same valid split and on `shift`"
@@ -40,12 +41,13 @@ def main():
     a = ap.parse_args()
     if not (SHARED/'bears').is_dir(): sys.exit(f"bench/train.py: reference images not found at {SHARED}; set BEAR_SHARED_DATA")
     import torch
-    from bear_classifier.train import train_run, package_versions
+    from bear_classifier.core import package_versions
+    from bear_classifier.train import train_run
     bears, shift = SHARED/'bears', SHARED/'bears_shift'
     runs = [(r, r, {}) for r in a.order.split(',')]
     res = dict(machine=dict(cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), platform=platform.platform(),
                             loadavg_start=os.getloadavg()), versions=package_versions(),
-               created=datetime.now(timezone.utc).isoformat(timespec='seconds'), runs={})
+               created=utc_now(), runs={})
     with tempfile.TemporaryDirectory() as tmp:
         def run(name, recipe, kw):
             print(f'== {name}', flush=True)
@@ -84,8 +86,7 @@ def report(res, out):
     print(f"\ndefault/lesson wall time {res['default_vs_lesson_time']:.2f}x, cpu time {res['default_vs_lesson_cpu']:.2f}x; "
           f"load average {res['machine']['loadavg_start'][0]:.1f} -> {res['machine']['loadavg_end'][0]:.1f} on {res['machine']['cpus']} cpus")
     print(f"one photo is {100/z['valid_n']:.1f} points on valid and {100/z['shift_n']:.1f} points on bears_shift: differences of 1-2 photos are noise")
-    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmpf = out.with_suffix('.json.tmp'); tmpf.write_text(json.dumps(res, indent=2)); os.replace(tmpf, out)
+    out = atomic_write(out, json.dumps(res, indent=2))
     print(f'wrote {out}', flush=True)
 
 if __name__ == '__main__': main()

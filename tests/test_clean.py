@@ -1,14 +1,15 @@
-"Cleaning: persistent decisions, apply/undo round trips that lose nothing, and the label-issue ranking."
-import json, os, shutil, subprocess, sys
+"Cleaning: persistent decisions, apply/undo round trips that lose nothing, the cleaner widget, and the label-issue ranking."
+import json, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
 
-from bear_classifier.core import sha256_file
-from bear_classifier.collect import append_manifest, read_manifest
-from bear_classifier.data import photo_dataset
-from bear_classifier.clean import (DELETE, KEEP, LABEL_ISSUE, Decisions, PersistentCleaner, apply_decisions,
-                                   latest_journal, rank_label_issues, trash_root, undo_apply)
+from bear_classifier.files import sha256_file
+from bear_classifier.manifest import append_manifest, read_manifest
+from bear_classifier.testing import photo_dataset, require_shared_data
+from bear_classifier.clean import DELETE, KEEP, Decisions, apply_decisions, latest_journal, trash_root, undo_apply
+from bear_classifier.cleaner import PersistentCleaner
+from bear_classifier.suspects import LABEL_ISSUE, rank_label_issues
 
 BIN = Path(sys.executable).parent
 
@@ -155,7 +156,7 @@ def test_decisions_survive_a_new_cleaner(dataset, tmp_path):
     assert c2.iw.widget.children[list(c2.fns).index(b)].children[-1].value == DELETE
     assert Decisions(path).pending().keys() == {a.relative_to(root).as_posix(), b.relative_to(root).as_posix()}
 
-    # fastai's own ImagesCleaner, with the store attached, restores the same choices
+    # fastai's own ImagesCleaner, with the store attached, restores the same choices (outside IPython too)
     from fastai.vision.widgets import ImagesCleaner
     iw = Decisions(path).watch(ImagesCleaner(('cat', 'coffee')))
     iw.set_fns([a, b])
@@ -170,11 +171,12 @@ def test_cleaner_tolerates_an_unreadable_image(dataset, tmp_path):
     assert c.iw.widget.children[0].children[0].value[:4] == b'\x89PNG'
 
 
-def test_ranking_puts_a_flipped_label_in_the_top_3(shared_data, tmp_path):
+def test_ranking_puts_a_flipped_label_in_the_top_3(tmp_path):
+    bears = require_shared_data('bears')
     root = tmp_path/'bears'
     for label in ('grizzly', 'black', 'teddy'):
         (root/label).mkdir(parents=True)
-        for f in sorted((shared_data/'bears'/label).glob('*.jpg'))[20:32]:
+        for f in sorted((bears/label).glob('*.jpg'))[20:32]:
             shutil.copy(f, root/label/f.name)
     src = sorted((root/'teddy').glob('*.jpg'))[3]
     shutil.move(src, root/'grizzly'/f'flipped-{src.name}')     # a teddy filed under grizzly
@@ -199,3 +201,17 @@ def test_report_command(dataset, tmp_path):
     assert Path(c.fns[0]).name == 'broken.jpg'
     r = run(BIN/'bear-clean-report', tmp_path/'nope')
     assert r.returncode != 0 and r.stderr.strip().startswith('bear-clean-report: ') and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_importing_the_cleaning_modules_leaves_fastai_alone():
+    "Importing clean, suspects or cleaner patches nothing in fastai; only `fastai_display()` does, for its block"
+    code = ("import fastai.vision.widgets as w, bear_classifier.clean, bear_classifier.suspects, bear_classifier.cleaner\n"
+            "from bear_classifier.clean import fastai_display\n"
+            "assert 'display' not in vars(w)\n"
+            "with fastai_display(): assert callable(w.display)\n"
+            "assert 'display' not in vars(w)\n"
+            "import sys; print('ipywidgets' in sys.modules)")
+    r = run(sys.executable, '-c', code)
+    assert r.returncode == 0, r.stderr
+    r = run(sys.executable, '-c', "import sys, bear_classifier.clean; print(sorted(m for m in ('fastai', 'ipywidgets', 'torch') if m in sys.modules))")
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr     # bear-clean-apply/undo load no widgets, no torch

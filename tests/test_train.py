@@ -12,8 +12,10 @@ def small_copy(src:Path, dest:Path, n:int) -> Path:
     return dest
 
 @pytest.fixture(scope='module')
-def small_run(shared_data, tmp_path_factory):
+def small_run(tmp_path_factory):
+    from bear_classifier.testing import require_shared_data
     from bear_classifier.train import train_run
+    shared_data = require_shared_data('bears').parent
     tmp = tmp_path_factory.mktemp('train')
     root = small_copy(shared_data/'bears', tmp/'bears', 10)
     test = small_copy(shared_data/'bears_shift', tmp/'shift', 5)
