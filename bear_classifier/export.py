@@ -1,4 +1,4 @@
-"""`models/<name>/`: the lesson's `export.pkl`, pickle-free safetensors weights (plus ONNX), and a model card.
+"""`export_bundle` packages a run as `models/<name>/` (calibrated "not a bear", parity checked), `build_starter` makes the offline starter, and `bear-export`, `bear-starter`, `bear-predict` do both from the command line.
 
 Docs: https://bear-classifier.github.io/bear_classifier/export.html.md"""
 
@@ -6,107 +6,62 @@ Docs: https://bear-classifier.github.io/bear_classifier/export.html.md"""
 
 # %% ../nbs/12_export.ipynb #c003
 from __future__ import annotations
-import csv, datetime as _dt, hashlib, json, logging, math, os, platform, shutil, sys, tempfile, warnings
+import csv, json, logging, math, os, shutil, sys, time, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from safetensors.torch import load_file, save_file
 from fastcore.script import call_parse
 import fastai.callback.progress       # patches Learner.no_bar, which load_learner alone does not bring in
 
-from .core import (create_backbone, create_model, create_model_head, efficientnet_lite0, LITE_STATS,
-                                  IMAGENET_BEAR_CLASSES, DEFAULT_BACKBONE, sha256_file, BackboneError)
+from . import files
+from .core import (
+    create_backbone, create_model, create_model_head, efficientnet_lite0, package_photos, package_versions,
+    IMAGENET_BEAR_CLASSES, DEFAULT_BACKBONE, BackboneError)
+from .files import remove_stale_temps, sha256_bytes, sha256_file, temp_dir, utc_now
+from .bundle import (
+    BundleError, BearNet, CARD_SCHEMA, export_onnx, imagenet_body, install_bundle, latest_bundle, load_bundle_learner,
+    preprocessing_from_learner, read_card, save_net, write_card)
+from .images import ImageError
+from .inference import Predictor, Prediction
+from .predlog import NOT_A_BEAR, PredictionLog
 
 # %% auto #0
-__all__ = ['RESIZE_METHODS', 'GATE_INPUT', 'WISE_SHARED_MAX', 'NAB_PREFIX', 'GATE_PREFIX', 'ONNX_OUTPUTS', 'CARD', 'CARD_SCHEMA',
-           'NAB_METHOD', 'NAB_QUANTILE', 'NAB_FLOOR', 'NAB_CEIL', 'log', 'PARITY_TOL', 'STARTER_VOCAB',
-           'STARTER_THRESHOLD', 'STARTER_SIZE', 'BundleError', 'UnsafeModelError', 'preprocessing_from_learner',
-           'item_transform', 'bear_rows', 'imagenet_classifier', 'imagenet_body', 'gate_input', 'body_is_pretrained',
-           'shares_body', 'BearNet', 'save_net', 'load_net', 'export_onnx', 'package_versions', 'utc_now', 'read_card',
-           'check_file', 'calibrate_threshold', 'write_card', 'install_bundle', 'list_bundles', 'latest_bundle',
-           'load_bundle_learner', 'data_hashes', 'validation_summary', 'export_bundle', 'starter_learner',
-           'build_starter', 'bear_export', 'bear_starter']
+__all__ = ['GATE_INPUT', 'WISE_SHARED_MAX', 'NAB_METHOD', 'NAB_QUANTILE', 'NAB_FLOOR', 'NAB_CEIL', 'CONFIDENCE_SAMPLE',
+           'PARITY_TOL', 'STARTER_VOCAB', 'STARTER_SIZE', 'STARTER_THRESHOLD', 'log', 'bear_rows',
+           'imagenet_classifier', 'gate_input', 'body_is_pretrained', 'shares_body', 'calibrate_threshold',
+           'data_hashes', 'validation_summary', 'check_parity', 'check_onnx_parity', 'starter_learner', 'build_starter',
+           'export_bundle', 'ensure_bundle', 'bear_export', 'bear_starter', 'bear_predict']
 
 # %% ../nbs/12_export.ipynb #c006
-class BundleError(RuntimeError):
-    "A model bundle or training run is missing, incomplete, or does not match its card"
-
-class UnsafeModelError(BundleError):
-    "Refusing to unpickle an `export.pkl` that the card does not vouch for"
-
-RESIZE_METHODS = ('crop', 'squish', 'pad', 'rrc')
-
-def _enum_name(v) -> str: return str(getattr(v, 'value', v)).lower()
-
-def preprocessing_from_learner(learn) -> dict:
-    "The card's `input` and `normalization` entries, read from the validation transforms of `learn.dls`"
-    from fastai.vision.augment import Resize, RandomResizedCrop
-    from fastai.data.transforms import Normalize, IntToFloatTensor, ToTensor
-    item = [t for t in learn.dls.after_item.fs if not isinstance(t, ToTensor)]
-    resize = [t for t in item if isinstance(t, (Resize, RandomResizedCrop))]
-    other = [t for t in item if t not in resize and getattr(t, 'split_idx', None) != 0]
-    if len(resize) != 1 or other:
-        raise BundleError(f"cannot reproduce item transforms {[type(t).__name__ for t in item]}: "
-                          "serving supports exactly one Resize or RandomResizedCrop")
-    r = resize[0]
-    if isinstance(r, RandomResizedCrop):
-        inp = dict(resize_method='rrc', val_xtra=float(r.val_xtra))
-    else:
-        inp = dict(resize_method=_enum_name(r.method), pad_mode=_enum_name(r.pad_mode))
-    if int(r.mode) != 2: raise BundleError(f"resize with resample mode {r.mode} is not supported (bilinear only)")
-    inp = dict(size=[int(s) for s in r.size], **inp, resample='bilinear')   # fastai's size is (w, h)
-    from fastai.vision.augment import AffineCoordTfm
-    norms = [t for t in learn.dls.after_batch.fs if isinstance(t, Normalize)]
-    # aug_transforms' warps (Flip, Rotate, Zoom, ...) run at validation as an identity resample when they have no
-    # `size`: nothing to reproduce. With a `size` they resize the validation batch, which we refuse.
-    batch = [t for t in learn.dls.after_batch.fs if not isinstance(t, (Normalize, IntToFloatTensor))
-             and getattr(t, 'split_idx', None) != 0 and not (isinstance(t, AffineCoordTfm) and t.size is None)]
-    if batch or len(norms) != 1:
-        raise BundleError(f"cannot reproduce batch transforms {[type(t).__name__ for t in learn.dls.after_batch.fs]} "
-                          "at validation time: only IntToFloatTensor and one Normalize are supported")
-    n = norms[0]
-    return dict(input=inp, normalization=dict(mean=n.mean.flatten().tolist(), std=n.std.flatten().tolist(), scale=1/255))
-
-def item_transform(inp:dict):
-    "The fastai item transform that the card's `input` describes (apply with `split_idx=1`)"
-    from fastai.vision.augment import Resize, RandomResizedCrop, ResizeMethod, PadMode
-    m = inp['resize_method']
-    if m not in RESIZE_METHODS: raise BundleError(f"unknown resize method {m!r}; expected one of {RESIZE_METHODS}")
-    size = tuple(inp['size'][::-1])      # fastai takes (h, w) and stores (w, h)
-    if m == 'rrc': return RandomResizedCrop(size, val_xtra=inp.get('val_xtra', 0.14))
-    return Resize(size, method=m, pad_mode=inp.get('pad_mode', PadMode.Reflection))
-
-# %% ../nbs/12_export.ipynb #c009
 def bear_rows(vocab) -> list[int]:
     "ImageNet classifier rows that count as 'one of our bears' for `vocab`"
     missing = [v for v in vocab if v not in IMAGENET_BEAR_CLASSES]
     if missing: raise BundleError(f"no ImageNet classes known for labels {missing}; known: {list(IMAGENET_BEAR_CLASSES)}")
     return sorted({r for v in vocab for r in IMAGENET_BEAR_CLASSES[v]})
 
+# %% ../nbs/12_export.ipynb #c008
 def imagenet_classifier(backbone:str=DEFAULT_BACKBONE) -> tuple[torch.Tensor, torch.Tensor]:
     "The pretrained ImageNet classifier's weight (1000×nf) and bias"
     fc = create_backbone(backbone, pretrained=True).get_classifier()
     return fc.weight.detach().clone(), fc.bias.detach().clone()
 
-def imagenet_body(backbone:str=DEFAULT_BACKBONE, pretrained:bool=True) -> nn.Module:
-    "The backbone cut before its pooling layer, exactly as `create_model` and `vision_learner` cut it"
-    from fastai.vision.learner import create_body
-    return create_body(create_backbone(backbone, pretrained), cut=-2).eval()
-
+# %% ../nbs/12_export.ipynb #c011
 GATE_INPUT = dict(size=[224, 224], resize_method='crop', pad_mode='reflection', resample='bilinear')
 
 def gate_input(inp:dict) -> dict:
     "The gate's preprocessing for a model whose input is `inp`: the same when it is 224 px, else `GATE_INPUT`"
     return dict(inp) if list(inp['size']) == GATE_INPUT['size'] else dict(GATE_INPUT)
 
+# %% ../nbs/12_export.ipynb #c013
 def body_is_pretrained(model:nn.Sequential, backbone:str=DEFAULT_BACKBONE) -> bool:
     "Whether `model`'s body still holds the ImageNet weights (and batch-norm statistics) unchanged"
     ref = imagenet_body(backbone).state_dict()
     sd = model[0].state_dict()
     return sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
 
+# %% ../nbs/12_export.ipynb #c015
 WISE_SHARED_MAX = 0.5   # WiSE-FT weights up to which a body keeps ImageNet's view of the world (measured above)
 
 def shares_body(model:nn.Sequential, config:dict|None=None, backbone:str=DEFAULT_BACKBONE) -> bool:
@@ -115,103 +70,7 @@ def shares_body(model:nn.Sequential, config:dict|None=None, backbone:str=DEFAULT
     a = (config or {}).get('wise_alpha')
     return a is not None and float(a) <= WISE_SHARED_MAX
 
-class BearNet(nn.Module):
-    "`create_model`'s network plus the ImageNet bear score: returns (probs, bear_score, pooled features)"
-    def __init__(self, model:nn.Sequential, in_weight:torch.Tensor, in_bias:torch.Tensor, rows:list[int], gate:nn.Module|None=None):
-        super().__init__()
-        self.body, self.head, self.gate = model[0], model[1], gate
-        self.register_buffer('in_weight', in_weight.float())
-        self.register_buffer('in_bias', in_bias.float())
-        self.register_buffer('rows', torch.tensor(rows, dtype=torch.long))
-    def forward(self, x, xg=None):
-        "`x`: the model's input batch; `xg`: the gate's input batch (default `x`)"
-        f = self.body(x)
-        probs = self.head(f).softmax(-1)
-        pooled = f.mean((2, 3))
-        g = pooled if self.gate is None else self.gate(x if xg is None else xg).mean((2, 3))
-        z = g @ self.in_weight.t() + self.in_bias
-        return probs, z.index_select(1, self.rows).logsumexp(1) - z.logsumexp(1), pooled
-
-# %% ../nbs/12_export.ipynb #c013
-NAB_PREFIX = 'not_a_bear.'
-
-GATE_PREFIX = NAB_PREFIX + 'gate.'
-
-def save_net(net:BearNet, path):
-    "Write a `BearNet` to safetensors: the `create_model` state dict, the ImageNet classifier, the gate if any"
-    sd = {k: v.detach().contiguous().clone() for k, v in nn.Sequential(net.body, net.head).state_dict().items()}
-    sd[NAB_PREFIX+'weight'], sd[NAB_PREFIX+'bias'] = net.in_weight.contiguous().clone(), net.in_bias.contiguous().clone()
-    if net.gate is not None: sd.update({GATE_PREFIX+k: v.detach().contiguous().clone() for k, v in net.gate.state_dict().items()})
-    save_file(sd, str(path), metadata={'format': 'pt', 'model': 'bear_classifier.core.create_model'})
-
-def load_net(bundle, card:dict|None=None) -> BearNet:
-    "Rebuild a bundle's `BearNet` from its card and safetensors weights (no unpickling)"
-    bundle = Path(bundle)
-    card = card or read_card(bundle)
-    sd = load_file(str(bundle/'model.safetensors'))
-    in_w, in_b = sd.pop(NAB_PREFIX+'weight'), sd.pop(NAB_PREFIX+'bias')
-    gsd = {k[len(GATE_PREFIX):]: sd.pop(k) for k in list(sd) if k.startswith(GATE_PREFIX)}
-    arch = card['architecture']
-    model = create_model(arch['backbone'], arch['n_out'], arch['head'], arch['ps'], pretrained=False)
-    model.load_state_dict(sd, strict=True)
-    gate = None
-    if gsd:
-        gate = imagenet_body(arch['backbone'], pretrained=False)
-        gate.load_state_dict(gsd, strict=True)
-    return BearNet(model, in_w, in_b, card['not_a_bear']['imagenet_rows'], gate=gate).eval()
-
-# %% ../nbs/12_export.ipynb #c015
-ONNX_OUTPUTS = ('probs', 'bear_score', 'features')
-
-def export_onnx(net:BearNet, size, path, gate_size=None, opset:int=17):
-    "Export `net` for (N, 3, h, w) float inputs, `size`=(w, h) (and the gate's `gate_size`), to `path`"
-    w, h = size
-    args, names = (torch.zeros(1, 3, h, w),), ['image']
-    if net.gate is not None:
-        gw, gh = gate_size or size
-        args, names = args + (torch.zeros(1, 3, gh, gw),), names + ['gate_image']
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(net.eval(), args, str(path), dynamo=False, opset_version=opset,
-                          input_names=names, output_names=list(ONNX_OUTPUTS),
-                          dynamic_axes={n: {0: 'batch'} for n in (*names, *ONNX_OUTPUTS)})
-    return Path(path)
-
-# %% ../nbs/12_export.ipynb #c017
-CARD = 'model.json'
-CARD_SCHEMA = 1
-
-def package_versions() -> dict:
-    "Versions of the packages that decide what a bundle computes"
-    from importlib.metadata import version, PackageNotFoundError
-    out = {'python': platform.python_version()}
-    for p in ('bear_classifier', 'torch', 'torchvision', 'fastai', 'timm', 'pillow', 'safetensors', 'onnx', 'onnxruntime', 'numpy'):
-        try: out[p] = version(p)
-        except PackageNotFoundError: out[p] = None
-    return out
-
-def utc_now() -> str: return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='microseconds').replace('+00:00', 'Z')
-
-def read_card(bundle) -> dict:
-    "The parsed `model.json` of `bundle`, with a clear error when it is missing or broken"
-    p = Path(bundle)/CARD
-    if not p.is_file(): raise BundleError(f"{bundle} is not a model bundle: {CARD} is missing")
-    try: card = json.loads(p.read_text())
-    except (OSError, ValueError) as e: raise BundleError(f"{p} is not valid JSON ({e}); re-export the model") from None
-    for k in ('vocab', 'architecture', 'input', 'normalization', 'not_a_bear', 'files', 'created'):
-        if k not in card: raise BundleError(f"{p} has no {k!r}: not a bear_classifier model card (re-export it)")
-    return card
-
-def check_file(bundle, card:dict, fname:str) -> Path:
-    "Path of `fname` in `bundle` after checking its sha256 against the card"
-    p = Path(bundle)/fname
-    want = card['files'].get(fname, {}).get('sha256')
-    if want is None: raise BundleError(f"{fname} is not listed in {Path(bundle)/CARD}")
-    if not p.is_file(): raise BundleError(f"{p} is missing; re-export the model")
-    if sha256_file(p) != want: raise BundleError(f"{p} does not match the sha256 in its card (modified or corrupt); re-export the model")
-    return p
-
-# %% ../nbs/12_export.ipynb #c019
+# %% ../nbs/12_export.ipynb #c018
 NAB_METHOD = 'imagenet_bear_mass'
 NAB_QUANTILE = 0.02
 NAB_FLOOR, NAB_CEIL = math.log(0.005), math.log(0.5)
@@ -225,112 +84,45 @@ def calibrate_threshold(scores, q:float=NAB_QUANTILE) -> tuple[float, dict]:
     return t, dict(source='validation split', n=int(s.size), quantile=q, raw_threshold=raw, floor=NAB_FLOOR, ceil=NAB_CEIL,
                    rejected_on_validation=float((s < t).mean()))
 
-# %% ../nbs/12_export.ipynb #c022
-def _hash_files(folder:Path) -> dict:
-    return {p.name: dict(sha256=sha256_file(p), bytes=p.stat().st_size) for p in sorted(folder.iterdir())
-            if p.is_file() and p.name != CARD}
-
-def write_card(folder, card:dict):
-    "Write `card` (with `files` hashed) as `folder/model.json`, atomically"
-    folder = Path(folder)
-    card = dict(card, files=_hash_files(folder))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.model.json.', suffix='.tmp')
-    with os.fdopen(fd, 'w') as f: json.dump(card, f, indent=2, sort_keys=False); f.write('\n')
-    os.replace(tmp, folder/CARD)
-    return card
-
-def _umask() -> int:
-    m = os.umask(0); os.umask(m); return m
-
-def install_bundle(tmp:Path, dest:Path) -> Path:
-    "Rename the finished bundle folder `tmp` to `dest`, replacing an existing bundle safely"
-    m = _umask()                           # temp files are private (0600): give the bundle normal permissions
-    os.chmod(tmp, 0o777 & ~m)
-    for f in tmp.iterdir(): os.chmod(f, 0o666 & ~m)
-    old = None
-    if dest.exists():
-        old = dest.parent/f".old-{dest.name}-{os.getpid()}-{_dt.datetime.now().strftime('%H%M%S%f')}"
-        os.replace(dest, old)
-    try: os.replace(tmp, dest)
-    except BaseException:
-        if old is not None: os.replace(old, dest)
-        raise
-    if old is not None: shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-def _new_tmp(dest:Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=dest.parent, prefix=f'.tmp-{dest.name}-'))
-
-# %% ../nbs/12_export.ipynb #c024
-log = logging.getLogger('bear_classifier')
-
-def list_bundles(models_root='models') -> list[tuple[Path, dict]]:
-    "Every valid bundle under `models_root` as (path, card): trained ones first, newest first within each kind"
-    root = Path(models_root)
-    if not root.is_dir(): return []
-    out = []
-    for d in sorted(root.iterdir()):
-        if not d.is_dir() or d.name.startswith('.') or not (d/CARD).exists(): continue
-        try: out.append((d, read_card(d)))
-        except BundleError as e: warnings.warn(f"skipping {d}: {e}")
-    return sorted(out, key=lambda pc: (pc[1].get('kind') != 'starter', pc[1]['created']), reverse=True)
-
-def latest_bundle(models_root='models') -> Path|None:
-    "The newest trained bundle under `models_root` (by its card's `created`), else the newest starter, else None"
-    bs = list_bundles(models_root)
-    if not bs: return None
-    p, card = bs[0]
-    log.info("latest bundle under %s: %s (%s, created %s, %d bundle(s) found)", models_root, p.name, card.get('kind'), card['created'], len(bs))
-    return p
-
-# %% ../nbs/12_export.ipynb #c026
-def load_bundle_learner(bundle, trust:bool=False, cpu:bool=True):
-    "`load_learner` on `bundle/export.pkl`, refused unless its sha256 matches the card or `trust=True`"
-    from fastai.learner import load_learner
-    bundle = Path(bundle); p = bundle/'export.pkl'
-    if not p.is_file(): raise BundleError(f"{p} does not exist")
-    if not trust:
-        try: card = read_card(bundle)
-        except BundleError as e: raise UnsafeModelError(f"refusing to unpickle {p}: {e}; pass trust=True if you made this file") from None
-        want = card['files'].get('export.pkl', {}).get('sha256')
-        if want is None or sha256_file(p) != want:
-            raise UnsafeModelError(f"refusing to unpickle {p}: its sha256 does not match {bundle/CARD} "
-                                   "(a pickle can run any code); re-export it, or pass trust=True if you made this file")
-    with warnings.catch_warnings():       # fastai's pickle warning: the check above is why we can ignore it
-        warnings.filterwarnings('ignore', message='load_learner` uses Python')
-        return load_learner(p, cpu=cpu)
-
-# %% ../nbs/12_export.ipynb #c028
-PARITY_TOL = 1e-3
-
-def _read_split(run_dir:Path):
+# %% ../nbs/12_export.ipynb #c021
+def _read_split(run_dir:Path) -> list[dict]:
+    "The rows of `run_dir/split.csv`, with `file` as a Path (relative ones under `run_dir`) and `is_valid` as a bool"
     p = run_dir/'split.csv'
     if not p.is_file(): raise BundleError(f"{p} is missing: was {run_dir} written by bear-train?")
     with open(p, newline='') as f: rows = list(csv.DictReader(f))
     if rows and not {'file', 'label', 'is_valid'} <= set(rows[0]): raise BundleError(f"{p} needs columns file,label,is_valid")
     for r in rows:
         f = Path(r['file']); r['file'] = f if f.is_absolute() else (run_dir/f)
-        r['is_valid'] = str(r['is_valid']).strip().lower() in ('1', 'true', 'yes')
+        r['is_valid'] = files.str2bool(r['is_valid'], 'is_valid')
     return rows
 
+# %% ../nbs/12_export.ipynb #c022
 def data_hashes(run_dir:Path, rows:list[dict], config:dict) -> dict:
     "Hashes that identify the training data: split.csv, the data root's manifest.csv, and every file's content+label"
-    h = hashlib.sha256()
-    for r in sorted(rows, key=lambda r: str(r['file'])):
-        f = Path(r['file'])
-        h.update(f"{f.name}\t{r['label']}\t{int(r['is_valid'])}\t{sha256_file(f) if f.is_file() else 'missing'}\n".encode())
-    out = dict(split_sha256=sha256_file(run_dir/'split.csv'), files_sha256=h.hexdigest(),
+    lines = [f"{Path(r['file']).name}\t{r['label']}\t{int(r['is_valid'])}\t"
+             f"{sha256_file(r['file']) if Path(r['file']).is_file() else 'missing'}\n"
+             for r in sorted(rows, key=lambda r: str(r['file']))]
+    out = dict(split_sha256=sha256_file(run_dir/'split.csv'), files_sha256=sha256_bytes(''.join(lines).encode()),
                n_train=sum(not r['is_valid'] for r in rows), n_valid=sum(r['is_valid'] for r in rows), manifest_sha256=None)
     roots = [Path(config[k]) for k in ('data', 'root', 'data_root') if config.get(k)]
-    if not roots and rows: roots = [Path(os.path.commonpath([str(Path(r['file']).parent) for r in rows])).parent]
+    if not roots and rows: roots = [Path(os.path.commonpath([str(Path(r['file']).parent) for r in rows]))]   # data/<label>/x -> data
     for root in roots:
         for m in (root/'manifest.csv', root.parent/'manifest.csv'):
             if m.is_file(): out.update(manifest=str(m), manifest_sha256=sha256_file(m)); return out
     return out
 
+# %% ../nbs/12_export.ipynb #c025
+CONFIDENCE_SAMPLE = 5000     # most validation confidences a card keeps (evenly spaced over their sorted values)
+
+def _confidences(conf:np.ndarray) -> list[float]:
+    "The sorted confidences rounded to 4 decimals, at most `CONFIDENCE_SAMPLE` of them evenly spaced"
+    c = np.sort(conf)
+    if len(c) > CONFIDENCE_SAMPLE: c = c[np.linspace(0, len(c) - 1, CONFIDENCE_SAMPLE).round().astype(int)]
+    return [round(float(x), 4) for x in c]
+
+# %% ../nbs/12_export.ipynb #c028
 def validation_summary(preds, labels=None) -> dict:
-    "Label mix, mean confidence, accuracy and score quantiles of a list of `Prediction`s: the monitoring reference"
+    "Label mix, answer counts, confidences, accuracy and score quantiles of `Prediction`s: the monitoring reference"
     ok = [p for p in preds if not isinstance(p, Exception)]
     if not ok: return dict(n=0)
     vocab = list(ok[0].probs)
@@ -338,145 +130,100 @@ def validation_summary(preds, labels=None) -> dict:
     out = dict(n=len(ok), unreadable=len(preds) - len(ok),
                label_mix={v: float(np.mean([p.label == v for p in ok])) for v in vocab},
                mean_confidence=float(conf.mean()), in_domain_rate=float(np.mean([p.in_domain for p in ok])),
-               score_quantiles={str(q): float(np.quantile(sc, q)) for q in (0.01, 0.02, 0.05, 0.25, 0.5)})
+               score_quantiles={str(q): float(np.quantile(sc, q)) for q in (0.01, 0.02, 0.05, 0.25, 0.5)},
+               answer_counts={a: sum((p.label if p.in_domain else NOT_A_BEAR) == a for p in ok) for a in [*vocab, NOT_A_BEAR]},
+               confidences=_confidences(conf))
     if labels is not None:
         pairs = [(p, l) for p, l in zip(preds, labels) if not isinstance(p, Exception)]
         out['accuracy'] = float(np.mean([p.label == l for p, l in pairs]))
         out['true_label_mix'] = {v: float(np.mean([l == v for _, l in pairs])) for v in vocab}
     return out
 
-def _parity(predictor, learn, items, tol=PARITY_TOL) -> dict:
+# %% ../nbs/12_export.ipynb #c031
+PARITY_TOL = 1e-3
+
+def check_parity(predictor:Predictor, learn, items, tol:float=PARITY_TOL) -> dict:
     "Max |Predictor - learn.predict| over `items` (paths or PIL images); raise when above `tol` or labels differ"
-    diffs, n = [], 0
+    diffs = []
     for it in items:
         with learn.no_bar(): lbl, idx, probs = learn.predict(it)
         p = predictor.predict(it)
-        d = float(np.abs(np.array(list(p.probs.values())) - probs.numpy()).max())
-        if p.label != str(lbl) or d > tol:
+        d_ = float(np.abs(np.array(list(p.probs.values())) - probs.numpy()).max())
+        if p.label != str(lbl) or d_ > tol:
             raise BundleError(f"Predictor and learn.predict disagree on {it if isinstance(it, (str, Path)) else 'an image'}: "
-                              f"{p.label} vs {lbl}, max |diff| {d:.2g}")
-        diffs.append(d); n += 1
-    return dict(n=n, max_abs_diff=max(diffs) if diffs else None, tol=tol)
+                              f"{p.label} vs {lbl}, max |diff| {d_:.2g}")
+        diffs.append(d_)
+    return dict(n=len(diffs), max_abs_diff=max(diffs) if diffs else None, tol=tol)
 
-def _onnx_parity(bundle:Path, items, tol=PARITY_TOL) -> dict:
-    from bear_classifier.inference import Predictor
-    pt, ox = Predictor.load(bundle, backend='torch'), Predictor.load(bundle, backend='onnx')
-    a, b = pt.predict_batch(items), ox.predict_batch(items)
-    d = max((float(np.abs(np.array(list(x.probs.values())) - np.array(list(y.probs.values()))).max()) for x, y in zip(a, b)
-             if not isinstance(x, Exception)), default=0.)
-    ds = max((abs(x.score - y.score) for x, y in zip(a, b) if not isinstance(x, Exception)), default=0.)
-    if d > tol or any(not isinstance(x, Exception) and x.label != y.label for x, y in zip(a, b)):
-        raise BundleError(f"ONNX and PyTorch disagree (max |diff| {d:.2g}); re-export without ONNX (onnx=False)")
-    return dict(n=len(items), max_abs_diff=d, max_score_diff=ds, tol=tol)
+# %% ../nbs/12_export.ipynb #c032
+def check_onnx_parity(bundle:Path, items, tol:float=PARITY_TOL) -> dict:
+    "Max |ONNX - PyTorch| of the bundle's probabilities over `items`; raise when above `tol` or labels differ"
+    a, b = (Predictor.load(bundle, backend=be).predict_batch(items) for be in ('torch', 'onnx'))
+    pairs = [(x, y) for x, y in zip(a, b) if not isinstance(x, Exception)]
+    d_ = max((float(np.abs(np.array(list(x.probs.values())) - np.array(list(y.probs.values()))).max()) for x, y in pairs), default=0.)
+    ds = max((abs(x.score - y.score) for x, y in pairs), default=0.)
+    if d_ > tol or any(x.label != y.label for x, y in pairs):
+        raise BundleError(f"ONNX and PyTorch disagree (max |diff| {d_:.2g}); re-export without ONNX (onnx=False)")
+    return dict(n=len(items), max_abs_diff=d_, max_score_diff=ds, tol=tol)
 
+# %% ../nbs/12_export.ipynb #c034
 def _onnx_available() -> bool:
+    "Whether both the ONNX exporter's and ONNX Runtime's packages are installed"
     try: import onnxruntime, onnx; return True
     except ImportError: return False
 
+# %% ../nbs/12_export.ipynb #c035
+def _calibrate(pred:Predictor, card:dict, items, labels=None) -> dict:
+    "Calibrate `card`'s threshold on `pred`'s scores of `items` and summarise its answers there; returns the card"
+    preds = pred.predict_batch(list(items))
+    t, info = calibrate_threshold([p.score for p in preds if not isinstance(p, Exception)])
+    card['not_a_bear'].update(threshold=t, calibration=dict(card['not_a_bear'].get('calibration', {}), **info))
+    pred.threshold = t
+    card['validation'] = validation_summary([p if isinstance(p, Exception) else p.with_threshold(t) for p in preds], labels)
+    if info['rejected_on_validation'] > 2 * NAB_QUANTILE:
+        warnings.warn(f"'not a bear' rejects {info['rejected_on_validation']:.0%} of the validation images at its floor "
+                      f"threshold: many validation images do not look like our bears to ImageNet (mislabelled or off-topic "
+                      f"data?); see the cleaning notebook")
+    return card
+
+# %% ../nbs/12_export.ipynb #c036
 def _finish_bundle(tmp:Path, card:dict, net:BearNet, calib_items, labels=None, learn=None, parity_items=(), onnx=True,
-                   fixed_threshold=None) -> dict:
-    "Write weights/ONNX into `tmp`, calibrate through the Predictor, check parity, write the card"
-    from bear_classifier.inference import Predictor
+                   fixed_threshold=None, flag_items=()) -> dict:
+    "Write ONNX into `tmp`, calibrate through the Predictor, check parity (and that `flag_items` are flagged), write the card"
     card['not_a_bear']['threshold'] = fixed_threshold if fixed_threshold is not None else 0.0   # provisional
     size, g = card['input']['size'], card['not_a_bear'].get('gate_input')
     if onnx and _onnx_available(): export_onnx(net, size, tmp/'model.onnx', gate_size=g['size'] if g else None)
     card = write_card(tmp, card)
     pred = Predictor.load(tmp, backend='torch')
-    if fixed_threshold is None:
-        preds = pred.predict_batch(list(calib_items))
-        t, info = calibrate_threshold([p.score for p in preds if not isinstance(p, Exception)])
-        card['not_a_bear'].update(threshold=t, calibration=dict(card['not_a_bear'].get('calibration', {}), **info))
-        pred.threshold = t
-        preds = [p if isinstance(p, Exception) else p._replace_threshold(t) for p in preds]
-        card['validation'] = validation_summary(preds, labels)
-        if info['rejected_on_validation'] > 2 * NAB_QUANTILE:
-            warnings.warn(f"'not a bear' rejects {info['rejected_on_validation']:.0%} of the validation images at its floor "
-                          f"threshold: many validation images do not look like our bears to ImageNet (mislabelled or off-topic "
-                          f"data?); see the cleaning notebook")
+    if fixed_threshold is None: card = _calibrate(pred, card, calib_items, labels)
     checks = card.setdefault('checks', {})
-    if learn is not None and parity_items: checks['parity_learn_predict'] = _parity(pred, learn, parity_items)
-    if (tmp/'model.onnx').exists(): checks['parity_onnx'] = _onnx_parity(tmp, list(parity_items or calib_items)[:8])
+    if learn is not None and parity_items: checks['parity_learn_predict'] = check_parity(pred, learn, parity_items)
+    if (tmp/'model.onnx').exists(): checks['parity_onnx'] = check_onnx_parity(tmp, list(parity_items or calib_items)[:8])
+    if flag_items:
+        flagged = [not p.in_domain for p in pred.predict_batch(flag_items)]
+        checks['sample_photos_flagged'] = dict(n=len(flagged), flagged=int(sum(flagged)),
+                                               what='photos shipped in scikit-image/scikit-learn, none a bear')
     return write_card(tmp, card)
 
-def export_bundle(run_dir, dest='models', name:str|None=None, onnx:bool=True, n_parity:int=8) -> Path:
-    "Package training folder `run_dir` as the bundle `dest/name` (default: the run's folder name); returns its path"
-    run_dir = Path(run_dir)
-    pkl, cfg_p = run_dir/'export.pkl', run_dir/'model_config.json'
-    for p in (pkl, cfg_p):
-        if not p.is_file(): raise BundleError(f"{p} is missing: is {run_dir} a training run written by bear-train?")
-    config = json.loads(cfg_p.read_text())
-    missing = [k for k in ('backbone', 'n_out', 'head', 'ps', 'vocab') if k not in config]
-    if missing: raise BundleError(f"{cfg_p} lacks {missing}")
-    from fastai.learner import load_learner
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='load_learner` uses Python')
-        learn = load_learner(pkl, cpu=True)      # the run folder is this machine's own training output
-    vocab = [str(v) for v in learn.dls.vocab]
-    if vocab != [str(v) for v in config['vocab']]: raise BundleError(f"vocab of export.pkl {vocab} != model_config.json {config['vocab']}")
-    pre = preprocessing_from_learner(learn)
-    if 'size' in config:
-        want = config['size'] if isinstance(config['size'], (list, tuple)) else [config['size']] * 2
-        if sorted(int(s) for s in want) != sorted(pre['input']['size']):
-            raise BundleError(f"export.pkl resizes to {pre['input']['size']} but model_config.json says size {config['size']}")
-    arch = dict(backbone=config['backbone'], n_out=int(config['n_out']), head=config['head'], ps=float(config['ps']))
-    model = create_model(**arch, pretrained=False)
-    try: model.load_state_dict(learn.model.state_dict(), strict=True)
-    except RuntimeError as e: raise BundleError(f"the run's network does not match create_model({arch}): {str(e).splitlines()[0]}") from None
-    W, b = imagenet_classifier(arch['backbone'])
-    rows = bear_rows(vocab)
-    gate = None if shares_body(model, config, arch['backbone']) else imagenet_body(arch['backbone'])
-    net = BearNet(model.eval(), W, b, rows, gate=gate).eval()
-
-    split = _read_split(run_dir)
-    valid = [r for r in split if r['is_valid'] and Path(r['file']).is_file()]
-    if not valid: raise BundleError(f"{run_dir/'split.csv'} lists no existing validation images to calibrate 'not a bear' on")
-    metrics_p = run_dir/'report'/'metrics.json'
-    name = name or run_dir.name
-    dest_dir = Path(dest)/name
-    card = dict(schema=CARD_SCHEMA, name=name, kind='trained', version=None, created=None,
-                vocab=vocab, architecture=arch, **pre,
-                metrics=json.loads(metrics_p.read_text()) if metrics_p.is_file() else None,
-                not_a_bear=dict(method=NAB_METHOD, imagenet_rows=rows, threshold=None,
-                                features=('model body' if body_is_pretrained(model, arch['backbone']) else f"model body (WiSE-FT, wise_alpha {config.get('wise_alpha')})") if gate is None else 'gate: frozen ImageNet body',
-                                gate_input=None if gate is None else gate_input(pre['input']),
-                                calibration=dict(why='in domain iff bear_score >= threshold; bear_score = log of the ImageNet '
-                                                 'classifier probability mass on the rows of our labels')),
-                validation=None, data=data_hashes(run_dir, split, config), packages=package_versions(),
-                run=dict(dir=str(run_dir.resolve()), config=config), checks={})
-    tmp = _new_tmp(dest_dir)
-    try:
-        shutil.copy2(pkl, tmp/'export.pkl')
+# %% ../nbs/12_export.ipynb #c038
+def _build(dest_dir:Path, card:dict, net:BearNet, write_pickle, **finish) -> tuple[Path, dict]:
+    "Assemble the bundle `dest_dir`: `write_pickle(path)` writes `export.pkl`, then weights, checks and card; (path, card)"
+    remove_stale_temps(dest_dir.parent)
+    with temp_dir(dest_dir.parent, prefix=dest_dir.name) as tmp:
+        write_pickle(tmp/'export.pkl')
         save_net(net, tmp/'model.safetensors')
-        card.update(version=sha256_file(tmp/'model.safetensors')[:12], created=utc_now())
-        files = [Path(r['file']) for r in valid]
-        card = _finish_bundle(tmp, card, net, files, labels=[r['label'] for r in valid], learn=learn,
-                              parity_items=files[:n_parity], onnx=onnx)
-        out = install_bundle(tmp, dest_dir)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s -> %s (threshold %.3f)", run_dir, out, card['not_a_bear']['threshold'])
-    return out
+        card = dict(card, version=sha256_file(tmp/'model.safetensors')[:12], created=utc_now())
+        card = _finish_bundle(tmp, card, net, **finish)
+        return install_bundle(tmp, dest_dir), card
 
-# %% ../nbs/12_export.ipynb #c030
+# %% ../nbs/12_export.ipynb #c040
 STARTER_VOCAB = ['black', 'grizzly', 'teddy']     # fastai's CategoryBlock sorts its vocab
-STARTER_THRESHOLD = math.log(0.05)
 STARTER_SIZE = 224
-
-def _sample_photos() -> list:
-    "Real photos shipped inside scikit-image and scikit-learn (none is a bear)"
-    from PIL import Image
-    from skimage import data as sk
-    ims = [Image.fromarray(getattr(sk, n)()) for n in ('chelsea', 'coffee', 'astronaut', 'rocket')]
-    try:
-        from sklearn.datasets import load_sample_images
-        ims += [Image.fromarray(a) for a in load_sample_images().images]
-    except Exception: pass
-    return ims
 
 def starter_learner(size:int=STARTER_SIZE):
     "A `vision_learner` whose linear head is ImageNet's rows for our three bears (no training, no network)"
     from fastai.vision.all import DataBlock, ImageBlock, CategoryBlock, Resize, IndexSplitter, vision_learner, ItemGetter
-    photos = [np.asarray(im.convert('RGB')) for im in _sample_photos()[:2]]
+    photos = [np.asarray(im) for im in list(package_photos().values())[:2]]
     items = [(a, lbl) for a, lbl in zip(photos * 2, STARTER_VOCAB + STARTER_VOCAB[:1])]
     dblock = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=STARTER_VOCAB)), get_x=ItemGetter(0), get_y=ItemGetter(1),
                        splitter=IndexSplitter([len(items) - 1]), item_tfms=Resize(size))
@@ -491,19 +238,12 @@ def starter_learner(size:int=STARTER_SIZE):
             fc.weight[i], fc.bias[i] = W[row], b[row]
     return learn
 
-def build_starter(dest='models', name:str='starter', onnx:bool=True) -> Path:
-    "Build the offline starter bundle `dest/name` from ImageNet's bear rows; returns its path"
-    learn = starter_learner()
-    learn.model.eval()
-    pre = preprocessing_from_learner(learn)
-    arch = dict(backbone=DEFAULT_BACKBONE, n_out=len(STARTER_VOCAB), head='linear', ps=0.5)
-    model = create_model(**arch, pretrained=False)
-    model.load_state_dict(learn.model.state_dict(), strict=True)
-    W, b = imagenet_classifier()
-    rows = bear_rows(STARTER_VOCAB)
-    net = BearNet(model.eval(), W, b, rows).eval()
-    dest_dir = Path(dest)/name
-    card = dict(schema=CARD_SCHEMA, name=name, kind='starter', version=None, created=None,
+# %% ../nbs/12_export.ipynb #c042
+STARTER_THRESHOLD = math.log(0.05)
+
+def _starter_card(name:str, pre:dict, arch:dict, rows:list[int]) -> dict:
+    "The starter's model card, before its files are hashed"
+    return dict(schema=CARD_SCHEMA, name=name, kind='starter', version=None, created=None,
                 vocab=list(STARTER_VOCAB), architecture=arch, **pre, metrics=None,
                 not_a_bear=dict(method=NAB_METHOD, imagenet_rows=rows, threshold=STARTER_THRESHOLD, features='model body',
                                 calibration=dict(source='fixed', mass=0.05,
@@ -514,78 +254,172 @@ def build_starter(dest='models', name:str='starter', onnx:bool=True) -> Path:
                 validation=None, data=None, packages=package_versions(),
                 run=dict(dir=None, config=dict(source='ImageNet classifier rows', rows={l: IMAGENET_BEAR_CLASSES[l] for l in STARTER_VOCAB})),
                 checks={})
-    photos = _sample_photos()
-    tmp = _new_tmp(dest_dir)
-    try:
-        learn.export(tmp/'export.pkl')
-        save_net(net, tmp/'model.safetensors')
-        card.update(version=sha256_file(tmp/'model.safetensors')[:12], created=utc_now())
-        card = _finish_bundle(tmp, card, net, photos, learn=learn, parity_items=photos, onnx=onnx,
-                              fixed_threshold=STARTER_THRESHOLD)
-        from bear_classifier.inference import Predictor
-        flagged = [not p.in_domain for p in Predictor.load(tmp, backend='torch').predict_batch(photos)]
-        card['checks']['sample_photos_flagged'] = dict(n=len(flagged), flagged=int(sum(flagged)),
-                                                       what='photos shipped in scikit-image/scikit-learn, none a bear')
-        card = write_card(tmp, card)
-        out = install_bundle(tmp, dest_dir)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/12_export.ipynb #c044
+def _models_dir(dest) -> Path:
+    "`dest`, or `files.models_root()` (`BEAR_MODELS`, else `models/` in the project) when None"
+    return Path(dest) if dest is not None else files.models_root()
+
+# %% ../nbs/12_export.ipynb #c047
+def build_starter(dest=None, name:str='starter', onnx:bool=True) -> Path:
+    "Build the offline starter bundle `dest/name` (default `files.models_root()`) from ImageNet's bear rows; returns its path"
+    learn = starter_learner()
+    learn.model.eval()
+    pre = preprocessing_from_learner(learn)
+    arch = dict(backbone=DEFAULT_BACKBONE, n_out=len(STARTER_VOCAB), head='linear', ps=0.5)
+    model = create_model(**arch, pretrained=False)
+    model.load_state_dict(learn.model.state_dict(), strict=True)
+    W, b = imagenet_classifier()
+    rows = bear_rows(STARTER_VOCAB)
+    net = BearNet(model.eval(), W, b, rows).eval()
+    photos = list(package_photos().values())
+    out, _ = _build(_models_dir(dest)/name, _starter_card(name, pre, arch, rows), net, learn.export, calib_items=photos,
+                    learn=learn, parity_items=photos, onnx=onnx, fixed_threshold=STARTER_THRESHOLD, flag_items=photos)
     return out
 
-# %% ../nbs/12_export.ipynb #c040
-def _tiny_run(run_dir, size:int=64, method:str='squish', epochs:int=1, images=None):
-    "A small training run in the `runs/<name>/` layout (for tests and examples): labels grizzly/black/teddy"
-    from fastai.vision.all import (DataBlock, ImageBlock, CategoryBlock, Resize, RandomResizedCrop, ResizeMethod,
-                                   vision_learner, get_image_files, parent_label, FuncSplitter, error_rate)
-    run_dir = Path(run_dir); imgs = run_dir/'images'
-    if images is None:
-        src = _sample_photos()
-        images = {lbl: [src[i].crop((j * 7, j * 5, src[i].width - j * 3, src[i].height - j * 4)) for j in range(4)]
-                  for i, lbl in enumerate(STARTER_VOCAB)}
-    for lbl, ims in images.items():
-        (imgs/lbl).mkdir(parents=True, exist_ok=True)
-        for j, im in enumerate(ims): im.convert('RGB').save(imgs/lbl/f'{j:03d}.jpg')
-    tfm = RandomResizedCrop(size, min_scale=0.5) if method == 'rrc' else Resize(size, method=method)
-    dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_items=get_image_files, get_y=parent_label,
-                    splitter=FuncSplitter(_is_valid_name), item_tfms=tfm).dataloaders(imgs, bs=4, num_workers=0)
-    learn = vision_learner(dls, efficientnet_lite0, metrics=error_rate)
-    if epochs: learn.fit_one_cycle(epochs, 1e-3)
-    learn.export(run_dir/'export.pkl')
-    vocab = list(dls.vocab)
-    (run_dir/'model_config.json').write_text(json.dumps(dict(backbone='lite0', n_out=len(vocab), head='fastai', ps=0.5,
-        vocab=vocab, size=size, resize_method=method, epochs=epochs)))
-    with open(run_dir/'split.csv', 'w', newline='') as f:
-        w = csv.writer(f); w.writerow(['file', 'label', 'is_valid'])
-        for i, ds in enumerate((dls.train_ds, dls.valid_ds)):
-            for p in ds.items: w.writerow([str(Path(p).resolve()), Path(p).parent.name, i])
-    (run_dir/'report').mkdir(exist_ok=True)
-    loss, err = learn.validate()
-    (run_dir/'report'/'metrics.json').write_text(json.dumps(dict(valid_loss=float(loss), error_rate=float(err))))
-    return run_dir
+# %% ../nbs/12_export.ipynb #c055
+def _run_config(run_dir:Path) -> dict:
+    "`run_dir/model_config.json`, after checking that the run has the files and fields a bundle needs"
+    pkl, cfg_p = run_dir/'export.pkl', run_dir/'model_config.json'
+    for p in (pkl, cfg_p):
+        if not p.is_file(): raise BundleError(f"{p} is missing: is {run_dir} a training run written by bear-train?")
+    config = json.loads(cfg_p.read_text())
+    missing = [k for k in ('backbone', 'n_out', 'head', 'ps', 'vocab') if k not in config]
+    if missing: raise BundleError(f"{cfg_p} lacks {missing}")
+    return config
 
-def _is_valid_name(p): return Path(p).stem in ('000', '003')
+# %% ../nbs/12_export.ipynb #c056
+def _run_learner(run_dir:Path, config:dict) -> tuple:
+    "(learner, card preprocessing) of the run, checked against its `config`"
+    learn = load_bundle_learner(run_dir, trust=True)      # the run folder is this machine's own training output
+    vocab = [str(v) for v in learn.dls.vocab]
+    if vocab != [str(v) for v in config['vocab']]: raise BundleError(f"vocab of export.pkl {vocab} != model_config.json {config['vocab']}")
+    pre = preprocessing_from_learner(learn)
+    if 'size' in config:
+        want = config['size'] if isinstance(config['size'], (list, tuple)) else [config['size']] * 2
+        if sorted(int(s) for s in want) != sorted(pre['input']['size']):
+            raise BundleError(f"export.pkl resizes to {pre['input']['size']} but model_config.json says size {config['size']}")
+    return learn, pre
 
-# %% ../nbs/12_export.ipynb #c045
+# %% ../nbs/12_export.ipynb #c057
+def _run_network(learn, config:dict) -> tuple[BearNet, dict]:
+    "(`BearNet`, architecture) for the run: its weights in `create_model`, a gate unless its body may score"
+    arch = dict(backbone=config['backbone'], n_out=int(config['n_out']), head=config['head'], ps=float(config['ps']))
+    model = create_model(**arch, pretrained=False)
+    try: model.load_state_dict(learn.model.state_dict(), strict=True)
+    except RuntimeError as e: raise BundleError(f"the run's network does not match create_model({arch}): {str(e).splitlines()[0]}") from None
+    W, b = imagenet_classifier(arch['backbone'])
+    gate = None if shares_body(model, config, arch['backbone']) else imagenet_body(arch['backbone'])
+    return BearNet(model.eval(), W, b, bear_rows(config['vocab']), gate=gate).eval(), arch
+
+# %% ../nbs/12_export.ipynb #c058
+def _features(net:BearNet, config:dict, backbone:str) -> str:
+    "What the card's `not_a_bear.features` says feeds the ImageNet classifier"
+    if net.gate is not None: return 'gate: frozen ImageNet body'
+    if body_is_pretrained(nn.Sequential(net.body, net.head), backbone): return 'model body'
+    return f"model body (WiSE-FT, wise_alpha {config.get('wise_alpha')})"
+
+# %% ../nbs/12_export.ipynb #c059
+def _trained_card(run_dir:Path, name:str, pre:dict, net:BearNet, arch:dict, config:dict, split:list[dict]) -> dict:
+    "A trained bundle's model card, before calibration and before its files are hashed"
+    metrics_p = run_dir/'report'/'metrics.json'
+    return dict(schema=CARD_SCHEMA, name=name, kind='trained', version=None, created=None,
+                vocab=[str(v) for v in config['vocab']], architecture=arch, **pre,
+                metrics=json.loads(metrics_p.read_text()) if metrics_p.is_file() else None,
+                not_a_bear=dict(method=NAB_METHOD, imagenet_rows=net.rows.tolist(), threshold=None,
+                                features=_features(net, config, arch['backbone']),
+                                gate_input=None if net.gate is None else gate_input(pre['input']),
+                                calibration=dict(why='in domain iff bear_score >= threshold; bear_score = log of the ImageNet '
+                                                 'classifier probability mass on the rows of our labels')),
+                validation=None, data=data_hashes(run_dir, split, config), packages=package_versions(),
+                run=dict(dir=str(run_dir.resolve()), config=config), checks={})
+
+# %% ../nbs/12_export.ipynb #c060
+log = logging.getLogger('bear_classifier')
+
+def export_bundle(run_dir, dest=None, name:str|None=None, onnx:bool=True, n_parity:int=8) -> Path:
+    "Package training folder `run_dir` as the bundle `dest/name` (default: `files.models_root()`, the run's name); returns its path"
+    run_dir = Path(run_dir)
+    config = _run_config(run_dir)
+    learn, pre = _run_learner(run_dir, config)
+    net, arch = _run_network(learn, config)
+    split = _read_split(run_dir)
+    valid = [r for r in split if r['is_valid'] and Path(r['file']).is_file()]
+    if not valid: raise BundleError(f"{run_dir/'split.csv'} lists no existing validation images to calibrate 'not a bear' on")
+    name = name or run_dir.name
+    items = [Path(r['file']) for r in valid]
+    out, card = _build(_models_dir(dest)/name, _trained_card(run_dir, name, pre, net, arch, config, split), net,
+                       lambda p: shutil.copy2(run_dir/'export.pkl', p), calib_items=items, labels=[r['label'] for r in valid],
+                       learn=learn, parity_items=items[:n_parity], onnx=onnx)
+    log.info("exported %s -> %s (threshold %.3f)", run_dir, out, card['not_a_bear']['threshold'])
+    return out
+
+# %% ../nbs/12_export.ipynb #c066
+def ensure_bundle(models_root=None) -> Path:
+    "The newest bundle under `models_root` (default `files.models_root()`); the offline starter, built there, when there is none"
+    root = _models_dir(models_root)
+    return latest_bundle(root) or build_starter(root)
+
+# %% ../nbs/12_export.ipynb #c069
 @call_parse
 def bear_export(
     run_dir:str,              # Training folder written by bear-train (runs/<name>)
-    dest:str='models',        # Folder that holds the bundles
+    dest:str=None,            # Folder that holds the bundles (default $BEAR_MODELS, else models/)
     name:str=None,            # Bundle name (default: the run folder's name)
     no_onnx:bool=False,       # Skip the ONNX copy of the network
 ):
     "Package a training run as a model bundle: export.pkl, model.safetensors, model.onnx and the model.json card"
     try: p = export_bundle(run_dir, dest=dest, name=name, onnx=not no_onnx)
-    except (BundleError, BackboneError, OSError, ValueError) as e: raise SystemExit(f"bear-export: {e}")
+    except (BundleError, BackboneError, OSError, ValueError) as e: raise SystemExit(f"bear-export: {files.one_line(e)}")
     card = read_card(p)
     print(f"{p} (version {card['version']}, threshold {card['not_a_bear']['threshold']:.3f}, "
           f"validation accuracy {card['validation'].get('accuracy', float('nan')):.3f})")
 
+# %% ../nbs/12_export.ipynb #c071
 @call_parse
 def bear_starter(
-    dest:str='models',        # Folder that holds the bundles
+    dest:str=None,            # Folder that holds the bundles (default $BEAR_MODELS, else models/)
     name:str='starter',       # Bundle name
 ):
     "Build the offline starter bundle from ImageNet's brown bear, American black bear and teddy rows"
     try: p = build_starter(dest=dest, name=name)
-    except (BundleError, BackboneError, OSError) as e: raise SystemExit(f"bear-starter: {e}")
+    except (BundleError, BackboneError, OSError) as e: raise SystemExit(f"bear-starter: {files.one_line(e)}")
     print(f"{p} (starter, version {read_card(p)['version']})")
+
+# %% ../nbs/12_export.ipynb #c073
+def _log_cli(pred:Predictor, images, results, latency_ms:float, log=None):
+    "Log the successful `results` of `bear-predict` (front end 'cli'); problems are one line on stderr"
+    try:
+        path = files.log_location(files.settings(log_db=log))    # a file path, or a database URL as given
+        if path is None: return                                   # --log off, or BEAR_LOG_DB=off
+        plog = PredictionLog(path)
+        model = dict(name=pred.name, version=pred.version, kind=pred.kind)
+        for f, r in zip(images, results):
+            if isinstance(r, Prediction): plog.log(r, 'cli', model=model, image=Path(f).read_bytes(), latency_ms=latency_ms)
+        plog.close()
+    except Exception as e: print(f"bear-predict: answers not logged ({type(e).__name__}: {files.one_line(e)})", file=sys.stderr)
+
+# %% ../nbs/12_export.ipynb #c074
+@call_parse
+def bear_predict(
+    *images:str,               # Image files to classify
+    model:str=None,            # Bundle folder (default: newest trained bundle under --models, else the starter)
+    models:str=None,           # Folder that holds the bundles (default $BEAR_MODELS, else models/)
+    json:bool=False,           # Print a JSON list instead of one line per image
+    backend:str='auto',        # auto, onnx or torch
+    log:str=None,              # Prediction log: SQLite path or postgresql://USER@HOST/DB (default $BEAR_LOG_DB or data/predictions.sqlite); `off` logs nothing
+):
+    "Classify images with the newest model bundle: grizzly, black, teddy, or 'This does not look like a bear'"
+    import json as _json
+    if not images: raise SystemExit("bear-predict: no images given; usage: bear-predict IMAGE... [--model DIR] [--json]")
+    images = list(images)
+    try: pred = Predictor.load(model or ensure_bundle(models), backend=backend)
+    except (BundleError, BackboneError, OSError, ValueError) as e: raise SystemExit(f"bear-predict: {files.one_line(e)}")
+    print(f"model: {pred.path} ({pred.kind}, version {pred.version}, created {pred.card['created']}, backend {pred.backend})", file=sys.stderr)
+    t0 = time.perf_counter()
+    res = pred.predict_batch(images)
+    _log_cli(pred, images, res, (time.perf_counter() - t0) * 1000 / max(len(images), 1), log)
+    if json: print(_json.dumps([dict(file=f, **r.to_dict()) for f, r in zip(images, res)], indent=1))
+    else:
+        for f, r in zip(images, res): print(f"{f}: {r.sentence}" if isinstance(r, Prediction) else f"error: {r}")
+    if any(isinstance(r, ImageError) for r in res): sys.exit(1)

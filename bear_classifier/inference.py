@@ -6,163 +6,24 @@ Docs: https://bear-classifier.github.io/bear_classifier/inference.html.md"""
 
 # %% ../nbs/11_inference.ipynb #c003
 from __future__ import annotations
-import io, json as _json, os, sys, time, warnings
-from dataclasses import dataclass, asdict
+import os
+from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from fastcore.script import call_parse
+from PIL import Image
+from fastcore.basics import patch
 
-from .export import (BundleError, read_card, check_file, load_net, item_transform, latest_bundle,
-                                    build_starter, ONNX_OUTPUTS)
+from . import files
+from .bundle import BundleError, read_card, check_file, load_net, item_transform, latest_bundle, ONNX_OUTPUTS
+from .images import ImageError, decode_bytes, decode_image
 
 # %% auto #0
-__all__ = ['MAX_IMAGE_BYTES', 'MAX_IMAGE_PIXELS', 'ALLOWED_FORMATS', 'ERROR_CODES', 'NOT_A_BEAR', 'ImageError', 'sniff_format',
-           'decode_bytes', 'decode_image', 'Prediction', 'Predictor', 'bear_predict']
+__all__ = ['OUT_OF_DOMAIN_TEXT', 'Prediction', 'Predictor']
 
 # %% ../nbs/11_inference.ipynb #c006
-MAX_IMAGE_BYTES = 20 * 2**20
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
-# Pillow plugins we accept; the others (EPS runs Ghostscript, PSD, ...) are refused before they parse anything.
-Image.init()
-ALLOWED_FORMATS = tuple(f for f in ('JPEG', 'PNG', 'GIF', 'WEBP', 'BMP', 'TIFF', 'AVIF', 'ICO', 'PPM', 'TGA') if f in Image.OPEN)
-ERROR_CODES = ('empty', 'not_an_image', 'truncated', 'decompression_bomb', 'too_large', 'unsupported_format')
-
-class ImageError(ValueError):
-    "An input that cannot be classified; `.code` is one of `ERROR_CODES`, `str(e)` is one line for users"
-    def __init__(self, code:str, message:str, name:str|None=None):
-        assert code in ERROR_CODES, code
-        self.code, self.name = code, name
-        super().__init__(f"{name}: {message}" if name else message)
-    def to_dict(self): return dict(error=self.code, message=str(self))
-
-# %% ../nbs/11_inference.ipynb #c008
-_HEIF_BRANDS = {b'heic', b'heix', b'hevc', b'hevx', b'heim', b'heis', b'hevm', b'hevs', b'mif1', b'msf1'}
-_AVIF_BRANDS = {b'avif', b'avis'}
-
-def sniff_format(head:bytes) -> str|None:
-    "Name of a known image format that we do not read, from the first bytes of a file (None if unknown)"
-    if len(head) >= 12 and head[4:8] == b'ftyp':
-        brands = {head[8:12]} | {head[i:i+4] for i in range(16, min(len(head), 64) - 3, 4)}
-        if brands & _AVIF_BRANDS: return 'AVIF'          # AVIF is HEIF with AV1 inside: check it first
-        if brands & _HEIF_BRANDS: return 'HEIC/HEIF'
-    if head[:2] == b'\xff\x0a' or head[:12] == b'\x00\x00\x00\x0cJXL \r\n\x87\n': return 'JPEG XL'
-    if head[:4] == b'%PDF': return 'PDF'
-    if head[:4] == b'8BPS': return 'Photoshop (PSD)'
-    if head[:4] in (b'%!PS', b'\xc5\xd0\xd3\xc6'): return 'PostScript/EPS'
-    if head[:4] in (b'II*\x00', b'MM\x00*') : return 'TIFF'
-    t = head[:512].lstrip().lower()
-    if t.startswith(b'<svg') or (t.startswith(b'<?xml') and b'<svg' in t): return 'SVG'
-    return None
-
-_ADVICE = {'HEIC/HEIF': "HEIC/HEIF photos (the iPhone default) cannot be read here; export or share the photo as JPEG "
-                        "(iPhone: Settings > Camera > Formats > Most Compatible)",
-           'SVG': "SVG is a vector drawing, not a photo; export it as PNG or JPEG"}
-
-def _unsupported(fmt, name=None):
-    return ImageError('unsupported_format', _ADVICE.get(fmt, f"{fmt} images cannot be read here; convert it to JPEG or PNG"), name)
-
-# %% ../nbs/11_inference.ipynb #c011
-def _to_rgb(im:Image.Image) -> Image.Image:
-    "RGB version of a decoded image: 16-bit scaled, alpha composited on white"
-    if im.mode == 'RGB': return im
-    if im.mode.startswith('I') or im.mode == 'F':
-        a = np.asarray(im).astype(np.float64)
-        if im.mode == 'F' and a.size and np.nanmax(a) <= 1.0: a = a * 255
-        elif im.mode.startswith('I;16') or (a.size and a.max() > 255): a = a / 257
-        im = Image.fromarray(np.clip(np.nan_to_num(np.round(a)), 0, 255).astype(np.uint8), 'L')
-    if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
-    if im.mode in ('LA', 'La', 'PA', 'RGBa'): im = im.convert('RGBA')
-    if im.mode == 'RGBA':
-        bg = Image.new('RGB', im.size, (255, 255, 255))
-        bg.paste(im, mask=im.getchannel('A'))
-        return bg
-    return im.convert('RGB')
-
-def _check_pixels(w, h, name=None):
-    if w * h > MAX_IMAGE_PIXELS:
-        raise ImageError('decompression_bomb', f"the image is {w}x{h} pixels ({w*h/1e6:.0f} MP), more than the "
-                         f"{MAX_IMAGE_PIXELS/1e6:.0f} MP limit; resize it and try again", name)
-    if w == 0 or h == 0: raise ImageError('not_an_image', f"the image is {w}x{h} pixels", name)
-
-def decode_bytes(b:bytes, name:str|None=None, max_bytes:int|None=None) -> Image.Image:
-    "Decode image bytes to an RGB PIL image, or raise `ImageError`"
-    max_bytes = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
-    if len(b) == 0: raise ImageError('empty', "the file is empty (0 bytes)", name)
-    if len(b) > max_bytes:
-        raise ImageError('too_large', f"the file is {len(b)/2**20:.1f} MiB, more than the {max_bytes/2**20:.0f} MiB limit", name)
-    with warnings.catch_warnings():
-        warnings.simplefilter('error', Image.DecompressionBombWarning)
-        try: im = Image.open(io.BytesIO(b), formats=ALLOWED_FORMATS)
-        except UnidentifiedImageError:
-            fmt = sniff_format(b[:512])
-            if fmt and fmt != 'TIFF': raise _unsupported(fmt, name) from None
-            try: other = Image.open(io.BytesIO(b)).format            # a format Pillow knows but we refuse
-            except Exception: other = None
-            if other: raise _unsupported(other, name) from None
-            if fmt == 'TIFF': raise ImageError('truncated', "the TIFF file is corrupt or uses an encoding that cannot be read", name) from None
-            raise ImageError('not_an_image', "this is not an image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)", name) from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError('decompression_bomb', f"the image has too many pixels (limit {MAX_IMAGE_PIXELS/1e6:.0f} MP); resize it", name) from None
-        except Exception as e:
-            raise ImageError('truncated', f"the image header is corrupt ({type(e).__name__}); upload the file again", name) from None
-        _check_pixels(*im.size, name=name)
-        try:
-            im.seek(0)                                 # animations: the first frame
-            im.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError('decompression_bomb', f"the image has too many pixels (limit {MAX_IMAGE_PIXELS/1e6:.0f} MP); resize it", name) from None
-        except Exception as e:
-            msg = str(e)
-            if 'decoder' in msg and 'not available' in msg:
-                raise ImageError('unsupported_format', f"this {im.format} image uses an encoding that cannot be read here; convert it to JPEG or PNG", name) from None
-            raise ImageError('truncated', f"the image is truncated or corrupt ({msg.splitlines()[0] if msg else type(e).__name__}); "
-                             "upload the complete file again", name) from None
-    return _normalise(im, name)
-
-def _normalise(im:Image.Image, name=None) -> Image.Image:
-    try: im = ImageOps.exif_transpose(im)
-    except Exception: pass                             # a broken EXIF block: keep the pixels as stored
-    try: return _to_rgb(im)
-    except Exception as e:
-        raise ImageError('unsupported_format', f"{im.mode} images cannot be converted to RGB ({e})", name) from None
-
-# %% ../nbs/11_inference.ipynb #c013
-def _source(x):
-    "(bytes or PIL image, name) for any accepted input"
-    if isinstance(x, (tuple, list)):
-        if not x: raise ImageError('empty', "no file was uploaded")
-        x = x[0]
-    if isinstance(x, dict):
-        name = x.get('name')
-        if x.get('content') is None: raise ImageError('empty', "the upload has no content", name)
-        return bytes(x['content']), name
-    if isinstance(x, (bytes, bytearray, memoryview)): return bytes(x), None
-    if isinstance(x, Image.Image): return x, None
-    if isinstance(x, np.ndarray): return x, None
-    if isinstance(x, (str, os.PathLike)):
-        p, name = Path(x), str(x)
-        if not p.is_file(): raise ImageError('not_an_image', "no such file", name)
-        n = p.stat().st_size
-        if n > MAX_IMAGE_BYTES:
-            raise ImageError('too_large', f"the file is {n/2**20:.1f} MiB, more than the {MAX_IMAGE_BYTES/2**20:.0f} MiB limit", name)
-        return p.read_bytes(), name
-    raise TypeError(f"cannot read an image from {type(x).__name__}: pass a path, bytes, a PIL image, an array or a FileUpload value")
-
-def decode_image(x) -> Image.Image:
-    "An RGB PIL image from a path, bytes, PIL image, HxWxC uint8 array, or ipywidgets `FileUpload` value; or `ImageError`"
-    src, name = _source(x)
-    if isinstance(src, bytes): return decode_bytes(src, name)
-    if isinstance(src, np.ndarray):
-        try: src = Image.fromarray(src)
-        except Exception as e: raise ImageError('not_an_image', f"array of shape {src.shape} is not an image ({e})") from None
-    _check_pixels(*src.size)
-    return _normalise(src)
-
-# %% ../nbs/11_inference.ipynb #c019
-NOT_A_BEAR = "This does not look like a bear"
+OUT_OF_DOMAIN_TEXT = "This does not look like a bear"
 
 @dataclass(frozen=True)
 class Prediction:
@@ -176,13 +37,17 @@ class Prediction:
     threshold: float
     @property
     def sentence(self) -> str:
-        return f"Prediction: {self.label}; Probability: {self.probability:.4f}" if self.in_domain else NOT_A_BEAR
+        return f"Prediction: {self.label}; Probability: {self.probability:.4f}" if self.in_domain else OUT_OF_DOMAIN_TEXT
     def to_dict(self) -> dict: return dict(asdict(self), sentence=self.sentence)
-    def _replace_threshold(self, t:float) -> 'Prediction':
-        return Prediction(self.label, self.index, self.probability, self.probs, bool(self.score >= t), self.score, t)
     def __repr__(self): return f"Prediction({self.sentence!r}, probs={ {k: round(v, 4) for k, v in self.probs.items()} }, score={self.score:.3f})"
 
-# %% ../nbs/11_inference.ipynb #c022
+# %% ../nbs/11_inference.ipynb #c009
+@patch
+def with_threshold(self:Prediction, t:float) -> Prediction:
+    "The same answer judged against threshold `t`: in domain iff `score >= t`"
+    return replace(self, in_domain=bool(self.score >= t), threshold=float(t))
+
+# %% ../nbs/11_inference.ipynb #c012
 class Predictor:
     "The inference core: decode, preprocess like fastai's validation transforms, run, answer (with 'not a bear')"
     def __init__(self, path, card:dict, backend:str, runner, size):
@@ -198,86 +63,21 @@ class Predictor:
         g = card['not_a_bear'].get('gate_input')
         self._gate_input = None if g is None or g == card['input'] else g     # None: the gate (if any) reuses the input
 
-    @classmethod
-    def load(cls, model_dir=None, models_root='models', backend:str='auto', threads:int|None=None) -> 'Predictor':
-        "Load bundle `model_dir`; None: `latest_bundle(models_root)`, else the starter (built if missing)"
-        if model_dir is None:
-            model_dir = latest_bundle(models_root)
-            if model_dir is None: model_dir = build_starter(models_root)
-        model_dir = Path(model_dir)
-        card = read_card(model_dir)
-        if backend == 'auto': backend = 'onnx' if 'model.onnx' in card['files'] and _has_ort() else 'torch'
-        if backend == 'onnx': runner = _onnx_runner(check_file(model_dir, card, 'model.onnx'), threads)
-        elif backend == 'torch':
-            check_file(model_dir, card, 'model.safetensors')
-            runner = _torch_runner(load_net(model_dir, card), threads)
-        else: raise ValueError(f"unknown backend {backend!r}; use 'auto', 'onnx' or 'torch'")
-        return cls(model_dir, card, backend, runner, card['input']['size'])
-
-    def __repr__(self):
-        return f"Predictor({self.name!r}, kind={self.kind}, version={self.version}, backend={self.backend}, vocab={self.vocab})"
-
-    def _prep(self, img, inp):
-        im = item_transform(inp)(img, split_idx=1)
-        a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
-        return (a / self._div - self._mean) / self._std
-
-    def preprocess(self, img:Image.Image) -> np.ndarray:
-        "A decoded RGB image as the (3, h, w) float32 array `learn.predict` feeds the model"
-        return self._prep(img, self.card['input'])
-
-    def _inputs(self, img) -> tuple:
-        "(model input, gate input or None) for one decoded image"
-        return self.preprocess(img), (None if self._gate_input is None else self._prep(img, self._gate_input))
-
-    def _run_batch(self, pairs):
-        x = np.stack([a for a, _ in pairs])
-        xg = None if pairs[0][1] is None else np.stack([g for _, g in pairs])
-        return self.predict_arrays(x, xg)
-
-    def _answer(self, probs, score) -> Prediction:
-        i = int(np.argmax(probs)); s = float(score)
-        return Prediction(self.vocab[i], i, float(probs[i]), {v: float(q) for v, q in zip(self.vocab, probs)},
-                          bool(s >= self.threshold), s, self.threshold)
-
-    def predict_arrays(self, x:np.ndarray, xg:np.ndarray|None=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        "Run the network on a preprocessed (N, 3, h, w) batch (and the gate's batch `xg`): (probs, bear_score, features)"
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return self._run(x, x if xg is None else np.ascontiguousarray(xg, dtype=np.float32))
-
-    def predict(self, x) -> Prediction:
-        "Classify one image (path, bytes, PIL image, array or FileUpload value); raises `ImageError` for bad input"
-        probs, score, _ = self._run_batch([self._inputs(decode_image(x))])
-        return self._answer(probs[0], score[0])
-
-    def predict_bytes(self, b:bytes, name:str|None=None) -> Prediction:
-        "Classify encoded image bytes (an upload's body)"
-        probs, score, _ = self._run_batch([self._inputs(decode_bytes(bytes(b), name))])
-        return self._answer(probs[0], score[0])
-
-    def predict_batch(self, items, bs:int=32) -> list:
-        "Classify many inputs in batches of `bs`; a bad input gives its `ImageError` in its place, the rest go on"
-        items = list(items)
-        out, ok = [None] * len(items), []
-        for i, x in enumerate(items):
-            try: ok.append((i, self._inputs(decode_image(x))))
-            except ImageError as e: out[i] = e
-            except TypeError as e: out[i] = ImageError('not_an_image', str(e))
-        for j in range(0, len(ok), bs):
-            chunk = ok[j:j+bs]
-            probs, score, _ = self._run_batch([a for _, a in chunk])
-            for (i, _), p, s in zip(chunk, probs, score): out[i] = self._answer(p, s)
-        return out
-
+# %% ../nbs/11_inference.ipynb #c014
 def _has_ort() -> bool:
+    "Whether ONNX Runtime is installed"
     try: import onnxruntime; return True
     except ImportError: return False
 
+# %% ../nbs/11_inference.ipynb #c015
 def _cpus() -> int:
+    "The cores this process may run on"
     try: return max(1, len(os.sched_getaffinity(0)))
     except AttributeError: return os.cpu_count() or 1
 
+# %% ../nbs/11_inference.ipynb #c017
 def _onnx_runner(path, threads=None):
+    "A runner on ONNX Runtime for the checked `model.onnx` at `path`"
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -296,7 +96,9 @@ def _onnx_runner(path, threads=None):
     run.session = sess
     return run
 
+# %% ../nbs/11_inference.ipynb #c018
 def _torch_runner(net, threads=None):
+    "A runner on PyTorch (inference mode) for the `BearNet` `net`"
     if threads: torch.set_num_threads(threads)
     net = net.eval()
     def run(x, xg):
@@ -304,39 +106,99 @@ def _torch_runner(net, threads=None):
     run.net = net
     return run
 
-# %% ../nbs/11_inference.ipynb #c031
-def _log_cli(pred, images, results, latency_ms, log=None):
-    "Log the successful `results` of `bear-predict` (front end 'cli'); problems are one line on stderr"
-    if log is not None and str(log).strip().lower() in ('off', 'none', 'no', 'false', '0'): return
-    try:
-        from bear_classifier.monitor import PredictionLog
-        plog = PredictionLog(log)
-        model = dict(name=pred.name, version=pred.version, kind=pred.kind)
-        for f, r in zip(images, results):
-            if isinstance(r, Prediction): plog.log(r, 'cli', model=model, image=Path(f).read_bytes(), latency_ms=latency_ms)
-        plog.close()
-    except Exception as e: print(f"bear-predict: answers not logged ({type(e).__name__}: {e})", file=sys.stderr)
+# %% ../nbs/11_inference.ipynb #c020
+@patch(cls_method=True)
+def load(cls:Predictor, model_dir=None, models_root=None, backend:str='auto', threads:int|None=None) -> Predictor:
+    "Load bundle `model_dir`; None: `latest_bundle(models_root)` (default `files.models_root()`)"
+    if model_dir is None:
+        model_dir = latest_bundle(models_root)
+        if model_dir is None:
+            raise BundleError(f"no model bundle under {models_root or files.models_root()}: run bear-starter for the "
+                              "offline starter, or bear-export RUN_DIR for a trained model")
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    if backend == 'auto': backend = 'onnx' if 'model.onnx' in card['files'] and _has_ort() else 'torch'
+    if backend == 'onnx': runner = _onnx_runner(check_file(model_dir, card, 'model.onnx'), threads)
+    elif backend == 'torch':
+        check_file(model_dir, card, 'model.safetensors')
+        runner = _torch_runner(load_net(model_dir, card), threads)
+    else: raise ValueError(f"unknown backend {backend!r}; use 'auto', 'onnx' or 'torch'")
+    return cls(model_dir, card, backend, runner, card['input']['size'])
 
-# %% ../nbs/11_inference.ipynb #c032
-@call_parse
-def bear_predict(
-    *images:str,               # Image files to classify
-    model:str=None,            # Bundle folder (default: newest trained bundle under --models-root, else the starter)
-    models_root:str='models',  # Folder that holds the bundles
-    json:bool=False,           # Print a JSON list instead of one line per image
-    backend:str='auto',        # auto, onnx or torch
-    log:str=None,              # Prediction log (default $BEAR_LOG_DB or data/predictions.sqlite); `off` logs nothing
-):
-    "Classify images with the newest model bundle: grizzly, black, teddy, or 'This does not look like a bear'"
-    if not images: raise SystemExit("bear-predict: no images given; usage: bear-predict IMAGE... [--model DIR] [--json]")
-    images = list(images)
-    try: pred = Predictor.load(model, models_root=models_root, backend=backend)
-    except (BundleError, OSError, ValueError) as e: raise SystemExit(f"bear-predict: {e}")
-    print(f"model: {pred.path} ({pred.kind}, version {pred.version}, created {pred.card['created']}, backend {pred.backend})", file=sys.stderr)
-    t0 = time.perf_counter()
-    res = pred.predict_batch(images)
-    _log_cli(pred, images, res, (time.perf_counter() - t0) * 1000 / max(len(images), 1), log)
-    if json: print(_json.dumps([dict(file=f, **r.to_dict()) for f, r in zip(images, res)], indent=1))
-    else:
-        for f, r in zip(images, res): print(f"{f}: {r.sentence}" if isinstance(r, Prediction) else f"error: {r}")
-    if any(isinstance(r, ImageError) for r in res): sys.exit(1)
+# %% ../nbs/11_inference.ipynb #c023
+@patch
+def __repr__(self:Predictor):
+    return f"Predictor({self.name!r}, kind={self.kind}, version={self.version}, backend={self.backend}, vocab={self.vocab})"
+
+# %% ../nbs/11_inference.ipynb #c026
+@patch
+def _prep(self:Predictor, img, inp:dict) -> np.ndarray:
+    "`img` through the item transform that `inp` describes, scaled and normalised: (3, h, w) float32"
+    im = item_transform(inp)(img, split_idx=1)
+    a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+    return (a / self._div - self._mean) / self._std
+
+# %% ../nbs/11_inference.ipynb #c027
+@patch
+def preprocess(self:Predictor, img:Image.Image) -> np.ndarray:
+    "A decoded RGB image as the (3, h, w) float32 array `learn.predict` feeds the model"
+    return self._prep(img, self.card['input'])
+
+# %% ../nbs/11_inference.ipynb #c030
+@patch
+def inputs(self:Predictor, img) -> tuple:
+    "(model input, gate input or None) for one decoded image"
+    return self.preprocess(img), (None if self._gate_input is None else self._prep(img, self._gate_input))
+
+# %% ../nbs/11_inference.ipynb #c033
+@patch
+def predict_arrays(self:Predictor, x:np.ndarray, xg:np.ndarray|None=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Run the network on a preprocessed (N, 3, h, w) batch (and the gate's batch `xg`): (probs, bear_score, features)"
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return self._run(x, x if xg is None else np.ascontiguousarray(xg, dtype=np.float32))
+
+# %% ../nbs/11_inference.ipynb #c035
+@patch
+def _run_batch(self:Predictor, pairs:list) -> tuple:
+    "`predict_arrays` on a list of `inputs` pairs"
+    x = np.stack([a for a, _ in pairs])
+    xg = None if pairs[0][1] is None else np.stack([g for _, g in pairs])
+    return self.predict_arrays(x, xg)
+
+# %% ../nbs/11_inference.ipynb #c036
+@patch
+def _answer(self:Predictor, probs, score) -> Prediction:
+    "The `Prediction` for one row of the network's output"
+    i = int(np.argmax(probs)); s = float(score)
+    return Prediction(self.vocab[i], i, float(probs[i]), {v: float(q) for v, q in zip(self.vocab, probs)},
+                      bool(s >= self.threshold), s, self.threshold)
+
+# %% ../nbs/11_inference.ipynb #c039
+@patch
+def predict(self:Predictor, x) -> Prediction:
+    "Classify one image (path, bytes, PIL image, array or FileUpload value); raises `ImageError` for bad input"
+    probs, score, _ = self._run_batch([self.inputs(decode_image(x))])
+    return self._answer(probs[0], score[0])
+
+# %% ../nbs/11_inference.ipynb #c041
+@patch
+def predict_bytes(self:Predictor, b:bytes, name:str|None=None) -> Prediction:
+    "Classify encoded image bytes (an upload's body)"
+    probs, score, _ = self._run_batch([self.inputs(decode_bytes(bytes(b), name))])
+    return self._answer(probs[0], score[0])
+
+# %% ../nbs/11_inference.ipynb #c043
+@patch
+def predict_batch(self:Predictor, items, bs:int=32) -> list:
+    "Classify many inputs in batches of `bs`; a bad input gives its `ImageError` in its place, the rest go on"
+    items = list(items)
+    out, ok = [None] * len(items), []
+    for i, x in enumerate(items):
+        try: ok.append((i, self.inputs(decode_image(x))))
+        except ImageError as e: out[i] = e
+        except TypeError as e: out[i] = ImageError('not_an_image', str(e))
+    for j in range(0, len(ok), bs):
+        chunk = ok[j:j+bs]
+        probs, score, _ = self._run_batch([a for _, a in chunk])
+        for (i, _), p, s in zip(chunk, probs, score): out[i] = self._answer(p, s)
+    return out

@@ -16,12 +16,10 @@ Run from the repository root:
 Without --trained/--run, the newest trained bundle under models/ is used (skipped when there is none).
 """
 import argparse, json, math, os, sys, tempfile, time
-from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
 OFF_TOPIC = {'teddy/00000091.jpg': 'Shih-Tzu puppy', 'teddy/00000135.jpg': 'black puppy in a hand',
              'grizzly/00000064.jpg': 'grey placeholder with the word "Image"'}
 MASSES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]
@@ -92,12 +90,15 @@ def main():
     ap.add_argument('--backend', default='auto')
     ap.add_argument('--out', default=str(ROOT/'bench'/'results'/'ood.json'))
     a = ap.parse_args()
-    if not (SHARED/'ood').is_dir(): sys.exit(f"bench/ood.py: reference images not found at {SHARED}; set BEAR_SHARED_DATA")
-    from bear_classifier.export import build_starter, export_bundle, list_bundles
+    from bear_classifier.files import shared_data_dir, utc_now
+    shared = shared_data_dir()
+    if not (shared/'ood').is_dir(): sys.exit(f"bench/ood.py: reference images not found at {shared}; set BEAR_SHARED_DATA")
+    from bear_classifier.bundle import list_bundles
+    from bear_classifier.export import build_starter, export_bundle
     from bear_classifier.inference import Predictor
-    shift_files = sorted((SHARED/'bears_shift').rglob('*.jpg'))
-    ood_files = sorted((SHARED/'ood').rglob('*.jpg'))
-    out = dict(created=datetime.now(timezone.utc).isoformat(timespec='seconds'), loadavg=os.getloadavg(), models={})
+    shift_files = sorted((shared/'bears_shift').rglob('*.jpg'))
+    ood_files = sorted((shared/'ood').rglob('*.jpg'))
+    out = dict(created=utc_now(), loadavg=os.getloadavg(), models={})
     with tempfile.TemporaryDirectory() as tmp:
         bundles = [build_starter(Path(tmp)/'models')]
         if a.trained: bundles.append(Path(a.trained))

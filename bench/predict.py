@@ -17,22 +17,20 @@ Default models: the starter (built in a temporary folder) and the newest trained
 Timings on a shared machine swing a lot: compare numbers of one run only.
 """
 import argparse, json, os, subprocess, sys, tempfile, time
-from datetime import datetime, timezone
 from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get('BEAR_SHARED_DATA', ROOT.parent/'shared'/'data'))
 
 def photos(n, tmp):
     "n real photos as files: held-out bear photos when available, else package photos written to `tmp`"
-    shift = SHARED/'bears_shift'
-    if shift.is_dir():
+    from bear_classifier.testing import sample_photos, shared_data
+    shift = shared_data('bears_shift')
+    if shift is not None:
         fs = sorted(shift.rglob('*.jpg'))
         return [fs[i] for i in np.linspace(0, len(fs) - 1, min(n, len(fs))).astype(int)]
-    from bear_classifier.export import _sample_photos
     out = []
-    for i, im in enumerate(_sample_photos()):
+    for i, im in enumerate(sample_photos().values()):
         p = Path(tmp)/f'{i}.jpg'; im.convert('RGB').save(p, quality=90); out.append(p)
     return (out * (n // len(out) + 1))[:n]
 
@@ -43,7 +41,7 @@ kind, bundle, img = sys.argv[1:4]
 import torch; torch.set_num_threads(1)
 t = time.perf_counter()
 if kind == 'learn.predict':
-    from bear_classifier.export import load_bundle_learner
+    from bear_classifier.bundle import load_bundle_learner
     learn = load_bundle_learner(bundle)
     with learn.no_bar(): learn.predict(Path(img))
 else:
@@ -67,8 +65,9 @@ def pct(ts, q): return float(np.percentile(np.asarray(ts) * 1000, q))
 def bench_model(bundle, files, repeats, bs=32, threads=1):
     import torch
     torch.set_num_threads(threads)
-    from bear_classifier.export import load_bundle_learner, read_card
-    from bear_classifier.inference import Predictor, decode_image
+    from bear_classifier.bundle import load_bundle_learner, read_card
+    from bear_classifier.images import decode_image
+    from bear_classifier.inference import Predictor
     card = read_card(bundle)
     loads = {}
     t = time.perf_counter(); learn = load_bundle_learner(bundle); loads['learn.predict'] = time.perf_counter() - t
@@ -77,7 +76,7 @@ def bench_model(bundle, files, repeats, bs=32, threads=1):
         t = time.perf_counter(); preds[be] = Predictor.load(bundle, backend=be, threads=threads); loads[f'Predictor {be}'] = time.perf_counter() - t
     model = learn.model.eval()
     xs = {f: preds['onnx'].preprocess(decode_image(f))[None] for f in files}
-    xg = {f: (lambda a, g: (a[None], None if g is None else g[None]))(*preds['onnx']._inputs(decode_image(f))) for f in files}
+    xg = {f: (lambda a, g: (a[None], None if g is None else g[None]))(*preds['onnx'].inputs(decode_image(f))) for f in files}
     def raw_torch(f):
         with torch.inference_mode(): model(torch.from_numpy(xs[f]))
     methods = {
@@ -138,8 +137,11 @@ def main():
     ap.add_argument('--out', default=str(ROOT/'bench'/'results'/'predict.json'))
     a = ap.parse_args()
     import torch, onnxruntime
-    from bear_classifier.export import build_starter, list_bundles, package_versions
-    out = dict(created=datetime.now(timezone.utc).isoformat(timespec='seconds'), loadavg_start=os.getloadavg(),
+    from bear_classifier.bundle import list_bundles
+    from bear_classifier.core import package_versions
+    from bear_classifier.export import build_starter
+    from bear_classifier.files import utc_now
+    out = dict(created=utc_now(), loadavg_start=os.getloadavg(),
                cpus=os.cpu_count(), torch_threads=torch.get_num_threads(), versions=package_versions(), models={})
     with tempfile.TemporaryDirectory() as tmp:
         files = photos(a.n, tmp)

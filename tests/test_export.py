@@ -1,4 +1,4 @@
-"""Model bundles: the card, pickle-free weights, atomic writes, "latest", and the guarded load_learner."""
+"""Model bundles: the card, pickle-free weights, atomic writes, "latest", ensure_bundle, and the guarded load_learner."""
 import json, os, shutil, time
 from pathlib import Path
 
@@ -7,9 +7,13 @@ import torch
 from safetensors.torch import load_file
 
 import bear_classifier.export as ex
-from bear_classifier.core import create_model, sha256_file
-from bear_classifier.export import (export_bundle, build_starter, latest_bundle, list_bundles, read_card, load_bundle_learner,
-                                    BundleError, UnsafeModelError, NAB_PREFIX, NAB_FLOOR, NAB_CEIL, bear_export, _tiny_run)
+from bear_classifier.core import create_model, efficientnet_lite0
+from bear_classifier.files import sha256_file
+from bear_classifier.bundle import (latest_bundle, list_bundles, read_card, verify_bundle, load_bundle_learner, preprocessing_from_learner,
+                                    BundleError, UnsafeModelError, NAB_PREFIX)
+from bear_classifier.export import export_bundle, ensure_bundle, NAB_FLOOR, NAB_CEIL, bear_export
+from bear_classifier.inference import Predictor
+from bear_classifier.testing import tiny_run, starter_bundle
 
 CARD_KEYS = {'schema', 'name', 'kind', 'version', 'created', 'vocab', 'architecture', 'input', 'normalization', 'metrics',
              'not_a_bear', 'validation', 'data', 'files', 'packages', 'run', 'checks'}
@@ -17,7 +21,7 @@ CARD_KEYS = {'schema', 'name', 'kind', 'version', 'created', 'vocab', 'architect
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     "A tiny training run (1 epoch, 64 px, centre-crop Resize) in the runs/<name>/ layout"
-    return _tiny_run(tmp_path_factory.mktemp('runs')/'tiny', size=64, method='crop', epochs=1)
+    return tiny_run(tmp_path_factory.mktemp('runs')/'tiny', size=64, method='crop', epochs=1)
 
 @pytest.fixture(scope='module')
 def bundle(run, tmp_path_factory):
@@ -37,6 +41,9 @@ def test_card(bundle, run):
     v = card['validation']
     assert v['n'] == 6 and abs(sum(v['label_mix'].values()) - 1) < 1e-9 and 0 < v['mean_confidence'] <= 1
     assert 0 <= v['accuracy'] <= 1
+    assert set(v['answer_counts']) == {'black', 'grizzly', 'teddy', 'not_a_bear'} and sum(v['answer_counts'].values()) == 6
+    assert v['answer_counts']['not_a_bear'] == round(6 * (1 - v['in_domain_rate']))
+    assert len(v['confidences']) == 6 and v['confidences'] == sorted(v['confidences'])
     assert card['data']['n_train'] == 6 and card['data']['n_valid'] == 6
     assert card['data']['split_sha256'] == sha256_file(run/'split.csv')
     assert card['checks']['parity_learn_predict']['max_abs_diff'] < 1e-3 and card['checks']['parity_onnx']['max_abs_diff'] < 1e-3
@@ -45,6 +52,7 @@ def test_card(bundle, run):
     for f, meta in card['files'].items():
         assert sha256_file(bundle/f) == meta['sha256'] and (bundle/f).stat().st_size == meta['bytes']
     assert set(card['files']) == {'export.pkl', 'model.safetensors', 'model.onnx'}
+    assert verify_bundle(bundle) == card
 
 def test_weights_rebuild_create_model(bundle):
     card = read_card(bundle)
@@ -110,5 +118,28 @@ def test_preprocessing_refuses_what_it_cannot_reproduce():
     items = [(np.zeros((32, 32, 3), np.uint8), 'a'), (np.zeros((32, 32, 3), np.uint8), 'b')]
     dls = DataBlock(blocks=(ImageBlock, CategoryBlock), get_x=ItemGetter(0), get_y=ItemGetter(1), splitter=IndexSplitter([1]),
                     item_tfms=[Resize(32), Sharpen()]).dataloaders(items, bs=1, num_workers=0)
-    learn = vision_learner(dls, ex.efficientnet_lite0)
-    with pytest.raises(BundleError, match='cannot reproduce item transforms'): ex.preprocessing_from_learner(learn)
+    learn = vision_learner(dls, efficientnet_lite0)
+    with pytest.raises(BundleError, match='cannot reproduce item transforms'): preprocessing_from_learner(learn)
+
+def test_ensure_bundle(tmp_path, bundle):
+    "newest bundle, else the starter built there; the Predictor alone never builds one"
+    empty = tmp_path/'models'
+    with pytest.raises(BundleError, match='run bear-starter'): Predictor.load(models_root=empty)
+    assert not empty.exists() or not any(empty.iterdir())
+    p = ensure_bundle(empty)
+    assert p == empty/'starter' and read_card(p)['kind'] == 'starter'
+    assert ensure_bundle(empty) == p                                  # built once
+    root = tmp_path/'both'; root.mkdir()
+    shutil.copytree(bundle, root/'trained')
+    shutil.copytree(starter_bundle(), root/'starter')
+    card = read_card(root/'starter'); card['created'] = '2999-01-01T00:00:00Z'   # a newer starter...
+    (root/'starter'/'model.json').write_text(json.dumps(card))
+    assert ensure_bundle(root) == root/'trained'                      # ...does not hide a trained model
+    assert Predictor.load(models_root=root).path == root/'trained'
+
+def test_models_setting(tmp_path, monkeypatch):
+    "BEAR_MODELS is where bundles are found when no folder is given"
+    monkeypatch.setenv('BEAR_MODELS', str(tmp_path/'m'))
+    shutil.copytree(starter_bundle(), tmp_path/'m'/'starter')
+    assert ensure_bundle() == tmp_path/'m'/'starter' and latest_bundle() == tmp_path/'m'/'starter'
+    assert Predictor.load().path == tmp_path/'m'/'starter'

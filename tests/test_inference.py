@@ -7,27 +7,28 @@ import pytest
 import torch
 from PIL import Image
 
-from bear_classifier.export import build_starter, export_bundle, load_bundle_learner, read_card, BundleError, _tiny_run
-from bear_classifier.inference import (Predictor, Prediction, ImageError, decode_image, NOT_A_BEAR, MAX_IMAGE_BYTES,
-                                       bear_predict)
+from bear_classifier.bundle import load_bundle_learner, read_card, BundleError
+from bear_classifier.images import ImageError, decode_image, MAX_IMAGE_BYTES
+from bear_classifier.inference import Predictor, Prediction, OUT_OF_DOMAIN_TEXT
+from bear_classifier.export import export_bundle, bear_predict, PARITY_TOL
+from bear_classifier.predlog import PredictionLog
+from bear_classifier.testing import shared_data, starter_bundle, tiny_run
 
-PARITY_TOL = 1e-3
-# the reference photos beside the checkout (found as tests/conftest.py finds them); without them: package photos
-SHARED = Path(os.environ.get("BEAR_SHARED_DATA", Path(__file__).resolve().parents[2]/"shared"/"data"))
+assert PARITY_TOL <= 1e-3
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
     return tmp_path_factory.mktemp('models')
 
 @pytest.fixture(scope='module')
-def starter(models):
-    return build_starter(models)
+def starter():
+    return starter_bundle()
 
 @pytest.fixture(scope='module')
 def photos(sample_photos):
     "At least 20 real photos: the held-out bear photos when ../shared/data exists, else package photos and variants"
-    shift = SHARED/'bears_shift'
-    if shift.is_dir():
+    shift = shared_data('bears_shift')
+    if shift is not None:
         fs = sorted(shift.rglob('*.jpg'))
         pick = [f for lbl in ('black', 'grizzly', 'teddy') for f in [g for g in fs if g.parent.name == lbl][:8]]
         return [Image.open(f).convert('RGB') for f in pick], 'bears_shift'
@@ -40,11 +41,11 @@ def photos(sample_photos):
 def trained(tmp_path_factory, models, sample_photos):
     "A small trained run (1 epoch, 96 px, RandomResizedCrop like the lesson) exported as a bundle"
     run = tmp_path_factory.mktemp('runs')/'tiny'
-    src = SHARED/'bears'
-    if src.is_dir():
+    src = shared_data('bears')
+    if src is not None:
         images = {lbl: [Image.open(f) for f in sorted((src/lbl).glob('*.jpg'))[:4]] for lbl in ('black', 'grizzly', 'teddy')}
     else: images = None
-    _tiny_run(run, size=96, method='rrc', epochs=1, images=images)
+    tiny_run(run, size=96, method='rrc', epochs=1, images=images)
     return export_bundle(run, dest=models)
 
 def _parity(bundle, ims):
@@ -106,7 +107,7 @@ def test_inputs_all_agree(starter, tmp_path, sample_photos):
     rs = [pred.predict(f), pred.predict(str(f)), pred.predict(b), pred.predict_bytes(b), pred.predict(upload),
           pred.predict(upload[0]), pred.predict(Image.open(f)), pred.predict(np.asarray(Image.open(f)))]
     for r in rs[1:]: assert r.probs == rs[0].probs
-    assert isinstance(rs[0], Prediction) and rs[0].sentence == NOT_A_BEAR and not rs[0].in_domain
+    assert isinstance(rs[0], Prediction) and rs[0].sentence == OUT_OF_DOMAIN_TEXT and not rs[0].in_domain
     d = rs[0].to_dict()
     assert set(d) >= {'label', 'index', 'probability', 'probs', 'in_domain', 'sentence'}
     json.dumps(d)
@@ -171,8 +172,8 @@ def test_tampered_weights_refused(starter, tmp_path):
 
 def test_load_defaults(tmp_path, starter, trained):
     empty = tmp_path/'models'
-    p = Predictor.load(models_root=empty)                       # nothing there: the starter is built
-    assert p.kind == 'starter' and (empty/'starter'/'model.json').exists()
+    with pytest.raises(BundleError, match='no model bundle'): Predictor.load(models_root=empty)   # it never builds one
+    assert not empty.exists()
     root = tmp_path/'both'; root.mkdir()
     shutil.copytree(trained, root/'trained')
     shutil.copytree(starter, root/'starter')
@@ -186,15 +187,19 @@ def test_cli(starter, tmp_path, sample_photos, capsys):
     log = tmp_path/'log.sqlite'
     bear_predict(str(f), model=str(starter), log=str(log))
     out = capsys.readouterr()
-    assert out.out.strip() == f"{f}: {NOT_A_BEAR}" and 'starter' in out.err
+    assert out.out.strip() == f"{f}: {OUT_OF_DOMAIN_TEXT}" and 'starter' in out.err
     with pytest.raises(SystemExit) as e: bear_predict(str(f), str(bad), model=str(starter), json=True, log=str(log))
     assert e.value.code == 1
     res = json.loads(capsys.readouterr().out)
     assert res[0]['file'] == str(f) and res[0]['in_domain'] is False and res[1]['error'] == 'not_an_image'
-    from bear_classifier.monitor import PredictionLog
     rows = PredictionLog(log).rows()       # both good answers logged, the bad file not
     assert [(r['frontend'], r['in_domain'], r['model_kind']) for r in rows] == [('cli', 0, 'starter')] * 2
     bear_predict(str(f), model=str(starter), log=str(f/'under_a_file.sqlite'))   # a broken log costs no answer
     out = capsys.readouterr()
-    assert out.out.strip() == f"{f}: {NOT_A_BEAR}" and 'bear-predict: answers not logged' in out.err
+    assert out.out.strip() == f"{f}: {OUT_OF_DOMAIN_TEXT}" and 'bear-predict: answers not logged' in out.err
     with pytest.raises(SystemExit, match='bear-predict: .*not a model bundle'): bear_predict(str(f), model=str(tmp_path))
+    root = tmp_path/'models'; shutil.copytree(starter, root/'starter')
+    bear_predict(str(f), models=str(root), log='off')           # no --model: the newest bundle under --models
+    out = capsys.readouterr()
+    assert out.out.strip() == f"{f}: {OUT_OF_DOMAIN_TEXT}" and str(root/'starter') in out.err
+    assert PredictionLog(log).count() == 2                      # --log off wrote nothing
