@@ -1,4 +1,4 @@
-"""What happens after deployment: the prediction log compared with what the model saw on its validation set, and an alarm when the world has moved.
+"""What happens after deployment: the prediction log compared with what the model saw on its validation set, by tests that know how often they are wrong, and an alarm when the world has moved.
 
 Docs: https://bear-classifier.github.io/bear_classifier/monitor.html.md"""
 
@@ -11,141 +11,245 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 from fastcore.basics import patch
 from fastcore.script import call_parse
+from scipy.stats import chi2_contingency, fisher_exact, mannwhitneyu
 
-from .files import atomic_path, atomic_write, log_path, models_root, utc_now
-from .predlog import NOT_A_BEAR, PredictionLog, row_answer
+from .files import atomic_path, atomic_write, log_location, models_root, one_line, settings, utc_now
+from .predlog import NOT_A_BEAR, PredictionLog, log_name, row_answer
 
 # %% auto #0
-__all__ = ['PSI_ALERT', 'RATIO_ALERT', 'SHARE_FLOOR', 'psi', 'window_figures', 'compare', 'reference_from_card', 'ShiftReport',
-           'shift_report', 'plot_report', 'replay', 'bear_monitor']
+__all__ = ['MIN_EXPECTED', 'ALPHA', 'WINDOW', 'MIN_WINDOW', 'answer_counts', 'count_figures', 'window_figures', 'merge_sparse',
+           'mix_test', 'excess_test', 'confidence_test', 'holm', 'judge', 'reference_from_card', 'window_tests',
+           'split_windows', 'ShiftReport', 'judge_windows', 'describe_reference', 'report_rows', 'shift_report',
+           'plot_report', 'replay', 'bear_monitor']
 
 # %% ../nbs/13_monitor.ipynb #c006
-PSI_ALERT = 0.25        # population stability index above which the label mix has shifted
-RATIO_ALERT = 2.0       # a figure that doubles or halves
-SHARE_FLOOR = 0.05      # shares below this on both sides are too small to compare by ratio
-
-def psi(p:dict, q:dict, eps:float=1e-3) -> float:
-    "Population stability index between two distributions over the same keys"
-    return float(sum((max(p.get(k,0),eps) - max(q.get(k,0),eps)) * math.log(max(p.get(k,0),eps)/max(q.get(k,0),eps))
-                     for k in set(p) | set(q)))
+def answer_counts(rows:list[dict], cats:list[str]) -> dict:
+    "How many of `rows` gave each answer of `cats` (a label, or `NOT_A_BEAR`)"
+    c = dict.fromkeys(cats, 0)
+    for r in rows: c[row_answer(r)] = c.get(row_answer(r), 0) + 1
+    return c
 
 # %% ../nbs/13_monitor.ipynb #c009
-def _mix(labels:list[str], cats:list[str]) -> dict:
-    "The share of each of `cats` among `labels`"
-    n = max(len(labels), 1)
-    return {c: sum(l == c for l in labels)/n for c in cats}
+def count_figures(counts:dict) -> dict:
+    "`n`, the answer counts and shares, and the count and share of \"not a bear\" of answer counts `counts`"
+    n = sum(counts.values())
+    nab = counts.get(NOT_A_BEAR, 0)
+    return dict(n=n, answer_counts=dict(counts), label_mix={k: c/max(n, 1) for k, c in counts.items()},
+                not_a_bear_n=nab, not_a_bear_share=nab/max(n, 1))
 
-# %% ../nbs/13_monitor.ipynb #c011
+# %% ../nbs/13_monitor.ipynb #c012
 def window_figures(rows:list[dict], cats:list[str]) -> dict:
-    "The monitored figures of a set of log rows"
-    fb = [r for r in rows if r.get('feedback')]
-    rv = [r for r in rows if r.get('reviewer')]
-    return dict(n=len(rows), label_mix=_mix([row_answer(r) for r in rows], cats),
-                mean_confidence=sum(r['probability'] for r in rows)/max(len(rows),1),
-                not_a_bear_share=sum(not r['in_domain'] for r in rows)/max(len(rows),1),
-                feedback_n=len(fb), feedback_error_rate=(sum(r['feedback'] != row_answer(r) for r in fb)/len(fb)) if fb else None,
+    "The monitored figures of a set of log rows, with the counts and confidences the tests need"
+    fb, rv = [r for r in rows if r.get('feedback')], [r for r in rows if r.get('reviewer')]
+    conf = [float(r['probability']) for r in rows]
+    errors = sum(r['feedback'] != row_answer(r) for r in fb)
+    return dict(count_figures(answer_counts(rows, cats)), confidences=conf, mean_confidence=sum(conf)/max(len(conf), 1),
+                feedback_n=len(fb), feedback_errors=errors, feedback_error_rate=errors/len(fb) if fb else None,
                 reviewed_n=len(rv), reviewer_agreement=(sum(r['reviewer'] == row_answer(r) for r in rv)/len(rv)) if rv else None)
 
-# %% ../nbs/13_monitor.ipynb #c013
-def _ratio_flag(now, ref, floor=0.0) -> bool:
-    "Whether `now` is at least `RATIO_ALERT` times `ref`, or at most its inverse; shares under `floor` on both sides are not compared"
-    if now is None or ref is None: return False
-    if max(now, ref) < floor: return False
-    now, ref = max(now, floor or 1e-9), max(ref, floor or 1e-9)
-    return now/ref >= RATIO_ALERT or now/ref <= 1/RATIO_ALERT
-
 # %% ../nbs/13_monitor.ipynb #c015
-def compare(now:dict, ref:dict) -> list[str]:
-    "Alerts (one line each) for the figures of `now` against the reference `ref`"
-    alerts = []
-    s = psi(now['label_mix'], ref['label_mix'])
-    if s > PSI_ALERT: alerts.append(f'label mix shifted: PSI {s:.2f} > {PSI_ALERT}')
-    for k, floor in [('mean_confidence', 0.0), ('not_a_bear_share', SHARE_FLOOR), ('feedback_error_rate', SHARE_FLOOR)]:
-        if _ratio_flag(now.get(k), ref.get(k), floor): alerts.append(f'{k.replace("_"," ")} {ref.get(k):.3f} -> {now.get(k):.3f}')
-    return alerts
+MIN_EXPECTED = 5    # the chi-square rule: rare answers are merged until every expected count reaches this
+
+def merge_sparse(table:dict, min_expected:float=MIN_EXPECTED) -> dict:
+    "Merge the rarest columns of a two-row table {answer: (reference count, window count)} until each expects `min_expected`"
+    cols = {k: tuple(v) for k, v in table.items() if sum(v)}
+    rows = [sum(v[i] for v in cols.values()) for i in (0, 1)]
+    while len(cols) > 1:
+        (a, va), (b, vb) = sorted(cols.items(), key=lambda kv: (sum(kv[1]), kv[0]))[:2]
+        if sum(va) * min(rows) / sum(rows) >= min_expected: break
+        del cols[a], cols[b]
+        cols[f'{a}+{b}'] = (va[0] + vb[0], va[1] + vb[1])
+    return cols
 
 # %% ../nbs/13_monitor.ipynb #c018
-def reference_from_card(card:dict) -> dict|None:
-    "The validation-set figures stored in a model card, in `window_figures`' shape"
-    v = card.get('validation') or card.get('reference') or {}
-    mix = v.get('label_mix') or v.get('answer_mix')
-    if not mix: return None
-    mix = {(NOT_A_BEAR if k in ('not a bear', 'not_a_bear', 'ood') else k): float(p) for k, p in mix.items()}
-    nab = v.get('not_a_bear_share', 1 - v['in_domain_rate'] if 'in_domain_rate' in v else mix.get(NOT_A_BEAR, 0.0))
-    if NOT_A_BEAR not in mix:   # `bear-export` counts top labels; answers put rejected photos under "not a bear"
-        mix = {k: p*(1-nab) for k, p in mix.items()} | {NOT_A_BEAR: nab}
-    return dict(label_mix=mix, mean_confidence=v.get('mean_confidence'), not_a_bear_share=nab, feedback_error_rate=None)
+def mix_test(ref:dict, now:dict, min_expected:float=MIN_EXPECTED) -> dict:
+    "Chi-square test of homogeneity of answer counts `now` against `ref` ({answer: n}), rare answers merged"
+    cols = merge_sparse({k: (ref.get(k, 0), now.get(k, 0)) for k in {**ref, **now}}, min_expected)
+    n = sum(v[1] for v in cols.values())
+    if len(cols) < 2 or not n or n == sum(map(sum, cols.values())):
+        return dict(p=1.0, stat=0.0, dof=0, min_expected=None, answers=list(cols), what='nothing to compare')
+    stat, p, dof, exp = chi2_contingency(np.array(list(cols.values())).T, correction=False)
+    obs, ref_n = np.array([v[1] for v in cols.values()]), np.array([v[0] for v in cols.values()])
+    i = int(np.argmax(np.abs(obs - exp[1]) / np.sqrt(exp[1])))
+    return dict(p=float(p), stat=float(stat), dof=int(dof), min_expected=float(exp.min()), answers=list(cols),
+                what=f'{list(cols)[i]} {obs[i]} of {n}, expected {n * ref_n[i] / ref_n.sum():.1f}')
 
-# %% ../nbs/13_monitor.ipynb #c021
+# %% ../nbs/13_monitor.ipynb #c022
+def excess_test(k:int, n:int, k_ref:int, n_ref:int) -> dict:
+    "One-sided Fisher exact test that `k` of `n` is a larger share than `k_ref` of `n_ref`"
+    p = fisher_exact([[k, n - k], [k_ref, n_ref - k_ref]], alternative='greater')[1] if n and n_ref else 1.0
+    exp = n * k_ref / n_ref if n_ref else float('nan')
+    return dict(p=float(min(p, 1.0)), observed=int(k), n=int(n), expected=exp, what=f'{k} of {n}, expected {exp:.1f}')
+
+# %% ../nbs/13_monitor.ipynb #c025
+def confidence_test(conf:list, ref_conf:list) -> dict:
+    "One-sided Mann-Whitney test that the confidences `conf` run lower than the reference's `ref_conf`"
+    p = mannwhitneyu(conf, ref_conf, alternative='less', method='asymptotic').pvalue if len(conf) and len(ref_conf) else 1.0
+    mean, ref = float(np.mean(conf)) if len(conf) else float('nan'), float(np.mean(ref_conf)) if len(ref_conf) else float('nan')
+    p = float(p) if math.isfinite(p) else 1.0       # every confidence tied: nothing to tell apart
+    return dict(p=p, mean=mean, ref_mean=ref, what=f'mean {mean:.3f}, reference {ref:.3f}')
+
+# %% ../nbs/13_monitor.ipynb #c028
+ALPHA = 1e-3        # family-wise false-alarm level of one report: Holm over all its tests
+
+def holm(ps:list) -> list:
+    "Holm's step-down adjusted p-values: flagging those <= alpha keeps the chance of any false alarm <= alpha"
+    out, run, m = [1.0] * len(ps), 0.0, len(ps)
+    for j, i in enumerate(sorted(range(m), key=lambda i: ps[i])):
+        run = max(run, min(1.0, (m - j) * ps[i]))
+        out[i] = run
+    return out
+
+# %% ../nbs/13_monitor.ipynb #c031
+def judge(tests:list[dict], alpha:float=ALPHA) -> list[list[str]]:
+    "Holm over all `tests` ({name: test} per window; each test gets its `p_adj`): each window's alert lines"
+    adj = iter(holm([t['p'] for ts in tests for t in ts.values()]))
+    alerts = []
+    for ts in tests:
+        for t in ts.values(): t['p_adj'] = next(adj)
+        alerts.append([f"{k}: {t['what']} (p={t['p']:.1e}, Holm-adjusted {t['p_adj']:.1e} <= {alpha:g})"
+                       for k, t in ts.items() if t['p_adj'] <= alpha])
+    return alerts
+
+# %% ../nbs/13_monitor.ipynb #c034
+_NOT_A_BEAR_NAMES = ('not a bear', NOT_A_BEAR, 'ood')
+
+def reference_from_card(card:dict) -> dict|None:
+    "The card's validation figures in `window_figures`' shape (counts rebuilt from shares for older cards); None without them"
+    v = card.get('validation') or {}
+    n, counts = int(v.get('n') or 0), v.get('answer_counts')
+    if not n or not (counts or v.get('label_mix')): return None
+    if not counts:   # shares only: top labels over all answers, and the in-domain rate
+        mix = {(NOT_A_BEAR if k in _NOT_A_BEAR_NAMES else k): float(p) for k, p in v['label_mix'].items()}
+        if NOT_A_BEAR not in mix:
+            nab = 1 - float(v.get('in_domain_rate', 1.0))
+            mix = {k: p * (1 - nab) for k, p in mix.items()} | {NOT_A_BEAR: nab}
+        counts = {k: round(n * p) for k, p in mix.items()}
+    counts = {(NOT_A_BEAR if k in _NOT_A_BEAR_NAMES else k): int(c) for k, c in counts.items()}
+    conf = [float(c) for c in v.get('confidences') or []]
+    return dict(count_figures(counts), confidences=conf or None, mean_confidence=v.get('mean_confidence'),
+                feedback_n=0, feedback_errors=0, feedback_error_rate=None, rebuilt=not v.get('answer_counts'))
+
+# %% ../nbs/13_monitor.ipynb #c037
+def window_tests(now:dict, ref:dict) -> dict:
+    "The tests of window figures `now` against reference figures `ref`: {name: test result with its p-value}"
+    t = {'answer mix': mix_test(ref['answer_counts'], now['answer_counts']),
+         'not a bear': excess_test(now['not_a_bear_n'], now['n'], ref['not_a_bear_n'], ref['n'])}
+    if ref.get('confidences'): t['confidence'] = confidence_test(now['confidences'], ref['confidences'])
+    if ref.get('feedback_n') and now.get('feedback_n'):
+        t['feedback errors'] = excess_test(now['feedback_errors'], now['feedback_n'], ref['feedback_errors'], ref['feedback_n'])
+    return t
+
+# %% ../nbs/13_monitor.ipynb #c040
+WINDOW = 100        # predictions per window
+MIN_WINDOW = 30     # fewer predictions than this are not judged
+
+def split_windows(rows:list, window:int=WINDOW, min_window:int=MIN_WINDOW) -> list[list]:
+    "Consecutive windows of `window` rows, the newest ending at the last row; the oldest leftover kept if >= `min_window`"
+    wins = [rows[max(0, e - window):e] for e in range(len(rows), 0, -window)][::-1]
+    return [w for w in wins if len(w) >= min_window]
+
+# %% ../nbs/13_monitor.ipynb #c043
 @dataclass
 class ShiftReport:
-    "The figures of consecutive windows of the log, each with its alerts against `reference`"
+    "The figures and tests of consecutive windows of the log against `reference`, Holm-corrected at level `alpha`"
     reference: dict
     reference_source: str
     windows: list = field(default_factory=list)     # (start, end, figures, alerts)
+    alpha: float = ALPHA
     @property
     def alert(self) -> bool: return any(a for *_, a in self.windows)
+    @property
+    def n_tests(self) -> int: return sum(len(f.get('tests', {})) for _, _, f, _ in self.windows)
 
-# %% ../nbs/13_monitor.ipynb #c023
+# %% ../nbs/13_monitor.ipynb #c046
+def judge_windows(rows:list[dict], ref:dict, source:str, cats:list[str], window:int=WINDOW, alpha:float=ALPHA,
+                  min_window:int=MIN_WINDOW) -> ShiftReport:
+    "The shift report of log `rows` (oldest first) against reference figures `ref`"
+    wins = split_windows(rows, window, min_window)
+    figs = [window_figures(w, cats) for w in wins]
+    for f in figs: f['tests'] = window_tests(f, ref)
+    alerts = judge([f['tests'] for f in figs], alpha)
+    return ShiftReport(ref, source, [(w[0]['ts'], w[-1]['ts'], f, a) for w, f, a in zip(wins, figs, alerts)], alpha)
+
+# %% ../nbs/13_monitor.ipynb #c049
+def describe_reference(ref:dict, origin:str) -> str:
+    "Where the reference comes from and what it lacks, in words"
+    notes = [f"n={ref['n']}"]
+    if ref.get('rebuilt'): notes.append('counts rebuilt from the shares')
+    if not ref.get('confidences'): notes.append('no confidences stored: confidence not tested')
+    return f"{origin} ({'; '.join(notes)})"
+
+# %% ../nbs/13_monitor.ipynb #c052
+def report_rows(rows:list[dict], card:dict|None=None, window:int=WINDOW, baseline:int=100, alpha:float=ALPHA) -> ShiftReport:
+    "Test consecutive windows of `window` log rows (oldest first) against the card's, or the first `baseline` rows', figures"
+    cats = sorted({row_answer(r) for r in rows} | set((card or {}).get('vocab', [])) | {NOT_A_BEAR})
+    ref, origin = reference_from_card(card or {}), 'model card (validation split)'
+    if ref is None:
+        if len(rows) < baseline:
+            raise ValueError(f'no reference: the model card has no validation figures and the log has {len(rows)} < {baseline} rows')
+        ref, rows, origin = window_figures(rows[:baseline], cats), rows[baseline:], f'first {baseline} logged predictions'
+    for k in cats: ref['answer_counts'].setdefault(k, 0); ref['label_mix'].setdefault(k, 0.0)
+    return judge_windows(rows, ref, describe_reference(ref, origin), cats, window, alpha)
+
+# %% ../nbs/13_monitor.ipynb #c054
+def shift_report(log:PredictionLog, card:dict|None=None, since:str|None=None, window:int=WINDOW, baseline:int=100,
+                 alpha:float=ALPHA) -> ShiftReport:
+    "`report_rows` on the rows of `log` from `since` on"
+    return report_rows(log.rows(since=since), card, window, baseline, alpha)
+
+# %% ../nbs/13_monitor.ipynb #c057
 def _window_line(s:str, e:str, f:dict, a:list) -> str:
-    "One line of the summary: a window's time span, figures and verdict"
+    "One line of the summary: a window's time span, figures, p-values and verdict"
     extra = ''
-    if f['feedback_error_rate'] is not None: extra += f", feedback errors {f['feedback_error_rate']:.2f} of {f['feedback_n']}"
+    if f['feedback_error_rate'] is not None: extra += f", feedback errors {f['feedback_errors']} of {f['feedback_n']}"
     if f['reviewer_agreement'] is not None: extra += f", reviewer agrees {f['reviewer_agreement']:.2f} of {f['reviewed_n']}"
+    ps = ', '.join(f"{k} {t['p']:.2g}" for k, t in f.get('tests', {}).items())
+    if ps: extra += f'  p: {ps}'
     return (f"{s[:19]} .. {e[:19]}  n={f['n']:4d}  confidence {f['mean_confidence']:.3f}  "
-            f"not-a-bear {f['not_a_bear_share']:.2f}{extra}  {'SHIFT: ' + '; '.join(a) if a else 'ok'}")
+            f"not-a-bear {f['not_a_bear_n']}{extra}  {'SHIFT: ' + '; '.join(a) if a else 'ok'}")
 
-# %% ../nbs/13_monitor.ipynb #c025
+# %% ../nbs/13_monitor.ipynb #c059
 @patch
 def summary(self:ShiftReport) -> str:
-    "The report as text: the reference, then one line per window"
+    "The report as text: the reference and the level, one line per window, the verdict"
     mix = ', '.join(f'{k} {v:.2f}' for k, v in self.reference['label_mix'].items())
-    return '\n'.join([f'reference: {self.reference_source}; label mix {mix}', *(_window_line(*w) for w in self.windows)])
+    m = self.n_tests
+    level = f'Holm over {m} tests at family level {self.alpha:g} (the smallest p-value must be <= {self.alpha/max(m, 1):.1e})'
+    adj = min((t['p_adj'] for *_, f, _ in self.windows for t in f.get('tests', {}).values()), default=1.0)
+    n_alarm = sum(bool(a) for *_, a in self.windows)
+    verdict = (f'SHIFT in {n_alarm} of {len(self.windows)} windows' if n_alarm else
+               f'no shift: smallest adjusted p-value {adj:.2g} > {self.alpha:g}' if self.windows else 'no window to judge yet')
+    return '\n'.join([f'reference: {self.reference_source}; answers {mix}', f'tests: {level}',
+                      *(_window_line(*w) for w in self.windows), f'verdict: {verdict}'])
 
-# %% ../nbs/13_monitor.ipynb #c028
-def shift_report(log:PredictionLog, card:dict|None=None, since:str|None=None, window:int=100, baseline:int=100) -> ShiftReport:
-    "Compare consecutive windows of `window` logged predictions with the card's (or the first `baseline` rows') figures"
-    rows = log.rows(since=since)
-    cats = sorted({row_answer(r) for r in rows} | set((card or {}).get('vocab', [])) | {NOT_A_BEAR})
-    ref = reference_from_card(card or {})
-    src = 'model card (validation split)'
-    if ref is None:
-        if len(rows) < baseline: raise ValueError(f'no reference: the model card has no validation figures and the log has {len(rows)} < {baseline} rows')
-        ref, rows, src = window_figures(rows[:baseline], cats), rows[baseline:], f'first {baseline} logged predictions'
-    for k in cats: ref['label_mix'].setdefault(k, 0.0)
-    rep = ShiftReport(ref, src)
-    for i in range(0, len(rows), window):
-        w = rows[i:i+window]
-        if len(w) < max(10, window//4): break           # too few to judge
-        f = window_figures(w, cats)
-        rep.windows.append((w[0]['ts'], w[-1]['ts'], f, compare(f, ref)))
-    return rep
-
-# %% ../nbs/13_monitor.ipynb #c031
+# %% ../nbs/13_monitor.ipynb #c062
 def plot_report(rep:ShiftReport, dest) -> Path:
-    "PNG of the monitored figures over time, with alert windows shaded"
+    "PNG of the monitored figures over time and each window's smallest adjusted p-value, alert windows shaded"
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    xs = list(range(len(rep.windows)))
-    fig, axs = plt.subplots(1, 3, figsize=(12, 3.2))
-    for c in rep.reference['label_mix']: axs[0].plot(xs, [f['label_mix'].get(c, 0) for *_, f, _ in rep.windows], marker='o', label=c)
+    xs, figs = list(range(len(rep.windows))), [f for *_, f, _ in rep.windows]
+    fig, axs = plt.subplots(1, 4, figsize=(15, 3.2))
+    for c in rep.reference['label_mix']: axs[0].plot(xs, [f['label_mix'].get(c, 0) for f in figs], marker='o', label=c)
     axs[0].set_title('answer mix'); axs[0].legend(fontsize=7)
-    axs[1].plot(xs, [f['mean_confidence'] for *_, f, _ in rep.windows], marker='o'); axs[1].set_title('mean confidence')
-    axs[1].axhline(rep.reference['mean_confidence'] or 0, ls='--', c='gray')
-    axs[2].plot(xs, [f['not_a_bear_share'] for *_, f, _ in rep.windows], marker='o'); axs[2].set_title('share "not a bear"')
-    axs[2].axhline(rep.reference['not_a_bear_share'] or 0, ls='--', c='gray')
+    for ax, k, title in [(axs[1], 'mean_confidence', 'mean confidence'), (axs[2], 'not_a_bear_share', 'share "not a bear"')]:
+        ax.plot(xs, [f[k] for f in figs], marker='o'); ax.set_title(title)
+        if rep.reference.get(k) is not None: ax.axhline(rep.reference[k], ls='--', c='gray')
+    axs[3].semilogy(xs, [max(min((t['p_adj'] for t in f['tests'].values()), default=1.0), 1e-16) for f in figs], marker='o')
+    axs[3].axhline(rep.alpha, ls='--', c='red'); axs[3].set_title('smallest adjusted p-value')
     for ax in axs:
         ax.set_xlabel('window')
         for x, (*_, a) in zip(xs, rep.windows):
-            if a: ax.axvspan(x-.5, x+.5, color='red', alpha=.12)
+            if a: ax.axvspan(x - .5, x + .5, color='red', alpha=.12)
     fig.tight_layout()
     with atomic_path(dest, '.png') as t: fig.savefig(t, dpi=90, format='png')
     plt.close(fig)
     return Path(dest)
 
-# %% ../nbs/13_monitor.ipynb #c034
+# %% ../nbs/13_monitor.ipynb #c065
 def replay(log:PredictionLog, predictor, files, start:datetime, step:timedelta=timedelta(minutes=1), frontend='replay'):
     "Predict each of `files` with `predictor` and log it at simulated times from `start`; returns the next time"
     t = start
@@ -159,7 +263,7 @@ def replay(log:PredictionLog, predictor, files, start:datetime, step:timedelta=t
         t += step
     return t
 
-# %% ../nbs/13_monitor.ipynb #c038
+# %% ../nbs/13_monitor.ipynb #c070
 def _card(model:str|None) -> dict:
     "The model card of bundle `model`, else of the newest bundle; {} (said on stderr) when there is none to read"
     try:
@@ -170,22 +274,28 @@ def _card(model:str|None) -> dict:
         print(f'bear-monitor: no model card ({e}); using the first predictions as reference', file=sys.stderr)
         return {}
 
-# %% ../nbs/13_monitor.ipynb #c040
+# %% ../nbs/13_monitor.ipynb #c072
 @call_parse
 def bear_monitor(
     command:str,           # `report` (the only command for now)
-    db:str=None,           # the log (default $BEAR_LOG_DB or data/predictions.sqlite)
+    db:str=None,           # the log: a SQLite path or postgresql://USER@HOST/DB (default $BEAR_LOG_DB or data/predictions.sqlite)
     model:str=None,        # bundle whose card holds the reference (default: the newest under models/)
     since:str=None,        # ISO time: only predictions from then on
-    window:int=100,        # predictions per window
+    window:int=WINDOW,     # predictions per window (at least MIN_WINDOW)
+    baseline:int=100,      # without validation figures in the card: how many first predictions are the reference
+    alpha:float=ALPHA,     # chance of a false alarm per report (Holm over all its tests)
     out:str='data/monitor',# where shift.png and summary.txt go
 ):
-    "Domain-shift report of the prediction log against the model card's validation figures"
+    "Domain-shift report of the prediction log against the model card's validation figures; exit status 1 on a shift"
     if command != 'report': raise SystemExit(f"bear-monitor: unknown command {command!r}; use: bear-monitor report")
-    path = Path(db) if db else log_path()
+    if window < MIN_WINDOW or not 0 < alpha < 1: raise SystemExit(f'bear-monitor: need --window >= {MIN_WINDOW} and 0 < --alpha < 1')
+    path = log_location(settings(log_db=db))
     if path is None: raise SystemExit('bear-monitor: the prediction log is switched off (BEAR_LOG_DB=off); pass --db')
-    if not path.exists(): raise SystemExit(f'bear-monitor: no prediction log at {path}; run the app or the service first, or pass --db')
-    try: rep = shift_report(PredictionLog(path), _card(model), since=since, window=window)
+    if isinstance(path, Path) and not path.exists():
+        raise SystemExit(f'bear-monitor: no prediction log at {path}; run the app or the service first, or pass --db')
+    try: log = PredictionLog(path)
+    except Exception as e: raise SystemExit(f'bear-monitor: cannot open the prediction log {log_name(path)} ({type(e).__name__}: {one_line(e)})')
+    try: rep = shift_report(log, _card(model), since=since, window=window, baseline=baseline, alpha=alpha)
     except ValueError as e: raise SystemExit(f'bear-monitor: {e}')
     out, text = Path(out), rep.summary()
     atomic_write(out/'summary.txt', text + '\n')
