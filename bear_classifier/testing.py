@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .files import shared_data_dir
+from .files import sha256_file, shared_data_dir
 
 # %% auto #0
 __all__ = ['TINY_LABELS', 'shared_data', 'require_shared_data', 'sample_photos', 'photo_dataset', 'tiny_run', 'starter_bundle',
@@ -69,11 +69,11 @@ def _is_valid_name(p): return Path(p).stem in ('000', '003')
 
 # %% ../nbs/17_testing.ipynb #c017
 def _write_run_files(run_dir:Path, dls, size:int, method:str, epochs:int, learn):
-    "`model_config.json`, `split.csv` and `report/metrics.json` of a tiny run, in `bear-train`'s layout"
+    "`model_config.json` (vouching for `export.pkl` by its sha256), `split.csv` and `report/metrics.json`, in `bear-train`'s layout"
     import csv
     vocab = list(dls.vocab)
     (run_dir/'model_config.json').write_text(json.dumps(dict(backbone='lite0', n_out=len(vocab), head='fastai', ps=0.5,
-        vocab=vocab, size=size, resize_method=method, epochs=epochs)))
+        vocab=vocab, size=size, resize_method=method, epochs=epochs, export_sha256=sha256_file(run_dir/'export.pkl'))))
     with open(run_dir/'split.csv', 'w', newline='') as f:
         w = csv.writer(f); w.writerow(['file', 'label', 'is_valid'])
         for i, ds in enumerate((dls.train_ds, dls.valid_ds)):
