@@ -6,7 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/clean.html.md"""
 
 # %% ../nbs/08_clean.ipynb #c003
 from __future__ import annotations
-import json, os, shutil
+import json, os, sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,13 +14,14 @@ from fastcore.basics import patch
 from fastcore.script import call_parse
 
 from .files import atomic_write, one_line, sha256_file, utc_now, utc_stamp
+from .journal import (Journal, free_name, holds, journaled_move, locked, move_no_clobber, read_records,
+                                     settle_move)
 from .manifest import append_manifest, last_rows
 
 # %% auto #0
-__all__ = ['KEEP', 'DELETE', 'DECISIONS_FORMAT', 'JOURNAL_FORMAT', 'Decisions', 'fastai_display', 'clean_dir',
-           'default_decisions_path', 'trash_root', 'move_no_clobber', 'plan_decisions', 'apply_decisions',
-           'read_journal', 'find_journals', 'latest_journal', 'undo_apply', 'text_table', 'bear_clean_apply',
-           'bear_clean_undo']
+__all__ = ['KEEP', 'DELETE', 'DECISIONS_FORMAT', 'JOURNAL_FORMAT', 'JOURNAL_NAME', 'Decisions', 'fastai_display', 'clean_dir',
+           'default_decisions_path', 'trash_root', 'plan_decisions', 'read_journal', 'recover_journal', 'find_journals',
+           'latest_journal', 'apply_decisions', 'undo_apply', 'text_table', 'bear_clean_apply', 'bear_clean_undo']
 
 # %% ../nbs/08_clean.ipynb #c008
 KEEP, DELETE = '<Keep>', '<Delete>'
@@ -167,7 +168,8 @@ def default_decisions_path(root) -> Path:
     return clean_dir(root)/'decisions.json'
 
 # %% ../nbs/08_clean.ipynb #c050
-JOURNAL_FORMAT = 'bear_classifier.clean-journal/1'
+JOURNAL_FORMAT = 'bear_classifier.clean-journal/2'
+JOURNAL_NAME = 'journal.jsonl'
 
 def trash_root(root) -> Path:
     "Where applies keep trashed files and journals: `<root>/../.trash` (`data/.trash` for `data/bears`)"
@@ -184,36 +186,12 @@ def _new_apply_dir(root) -> Path:
         except FileExistsError: continue
     raise RuntimeError(f"cannot create an apply folder in {base}")
 
-# %% ../nbs/08_clean.ipynb #c055
-def _free_name(dest:Path) -> Path:
-    "`dest`, or `stem-1.ext`, `stem-2.ext`, ... : the first name that does not exist"
-    if not os.path.lexists(dest): return dest
-    for i in range(1, 100000):
-        p = dest.with_name(f'{dest.stem}-{i}{dest.suffix}')
-        if not os.path.lexists(p): return p
-    raise RuntimeError(f"no free name for {dest}")
+# %% ../nbs/08_clean.ipynb #c056
+def _lock(root):
+    "The lock that applies and undos of dataset `root` hold"
+    return locked(trash_root(root)/'.lock')
 
-# %% ../nbs/08_clean.ipynb #c057
-def move_no_clobber(src, dest) -> Path:
-    "Move `src` to `dest` or the first free `dest-N` name; never overwrites. Returns where it went"
-    src, dest = Path(src), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        target = _free_name(dest)
-        try:
-            os.link(src, target)                      # fails if target exists: no race can overwrite
-            os.unlink(src)
-            return target
-        except FileExistsError: continue               # somebody took the name meanwhile: next one
-        except OSError:                                # no hard links here (other device, FAT...): exclusive copy
-            try:
-                with open(src, 'rb') as fi, open(target, 'xb') as fo: shutil.copyfileobj(fi, fo)
-            except FileExistsError: continue
-            shutil.copystat(src, target)
-            os.unlink(src)
-            return target
-
-# %% ../nbs/08_clean.ipynb #c060
+# %% ../nbs/08_clean.ipynb #c059
 def _plan_op(root:Path, key:str, d:dict) -> dict:
     "What the decision `d` on the file `key` would do: the move, or why it is skipped"
     src = root/key
@@ -225,22 +203,22 @@ def _plan_op(root:Path, key:str, d:dict) -> dict:
     elif d.get('sha256') and sha256_file(src) != d['sha256']: op['skip'] = 'file changed since the decision'
     elif op['op'] == 'relabel' and (not op['to'] or op['to'].startswith(('.', '_', '<')) or '/' in op['to']):
         op['skip'] = f"invalid label {op['to']!r}"
-    elif op['op'] == 'relabel': op['dest'] = _free_name(root/op['to']/src.name).relative_to(root).as_posix()
+    elif op['op'] == 'relabel': op['dest'] = free_name(root/op['to']/src.name).relative_to(root).as_posix()
     else: op['dest'] = f"../.trash/<stamp>/{key}"
     return op
 
-# %% ../nbs/08_clean.ipynb #c062
+# %% ../nbs/08_clean.ipynb #c061
 def _as_decisions(decisions, root=None) -> Decisions:
     "`decisions` itself, or the `Decisions` of the JSON file it names"
     return decisions if isinstance(decisions, Decisions) else Decisions(decisions, root)
 
-# %% ../nbs/08_clean.ipynb #c064
+# %% ../nbs/08_clean.ipynb #c063
 def plan_decisions(decisions, root=None) -> list[dict]:
     "The moves that `apply_decisions` would make: one dict per pending decision, with `skip` saying why not"
     dec = _as_decisions(decisions, root)
     return [_plan_op(dec.root, key, d) for key, d in sorted(dec.pending().items())]
 
-# %% ../nbs/08_clean.ipynb #c067
+# %% ../nbs/08_clean.ipynb #c066
 _PROVENANCE = ('source', 'query', 'url', 'sha256', 'phash', 'width', 'height')
 
 def _manifest_base(last:dict, key:str) -> dict:
@@ -248,21 +226,21 @@ def _manifest_base(last:dict, key:str) -> dict:
     r = last.get(key) or {}
     return {c: r.get(c, '') for c in _PROVENANCE} | {'source': r.get('source') or 'folder'}
 
-# %% ../nbs/08_clean.ipynb #c069
+# %% ../nbs/08_clean.ipynb #c068
 def _reason(op) -> str:
     "The manifest's and journal's reason for the move of plan entry `op`"
     if op['op'] == 'relabel': return f"relabel:{op['label']}->{op['to']} by cleaner" + (f"; {op['reason']}" if op['reason'] else '')
     return f"trash: {op['reason'] or 'deleted in cleaner'}"
 
-# %% ../nbs/08_clean.ipynb #c072
-def _move(root:Path, adir:Path, op:dict) -> dict:
-    "Carry out plan entry `op` (trash into `adir`, or relabel); its journal entry"
+# %% ../nbs/08_clean.ipynb #c071
+def _move(root:Path, adir:Path, jnl:Journal, i:int, op:dict) -> dict:
+    "Carry out plan entry `op` (trash into `adir`, or relabel), journaling the exact move first; its `move` record"
     src = root/op['file']
-    got = move_no_clobber(src, adir/op['file'] if op['op'] == 'trash' else root/op['to']/src.name)
-    return dict(op=op['op'], src=op['file'], dest=os.path.relpath(got, root), label=op['label'], to=op['to'],
-                sha256=op['sha256'] or sha256_file(got), reason=_reason(op), time=utc_now())
+    dest = adir/op['file'] if op['op'] == 'trash' else root/op['to']/src.name
+    return journaled_move(jnl, src, dest, root, event='move', i=i, op=op['op'], src=op['file'], label=op['label'], to=op['to'],
+                          sha256=op['sha256'] or sha256_file(src), reason=_reason(op))
 
-# %% ../nbs/08_clean.ipynb #c074
+# %% ../nbs/08_clean.ipynb #c073
 def _apply_rows(mv:dict, base:dict) -> list[dict]:
     "Manifest rows for the move `mv`: the old path trashed or relabelled, a relabelled image's new path ok"
     if mv['op'] == 'trash':
@@ -271,59 +249,99 @@ def _apply_rows(mv:dict, base:dict) -> list[dict]:
             base | dict(file=mv['dest'], label=mv['to'], status='ok', reason=f"{mv['reason']}; was {mv['src']}")]
 
 # %% ../nbs/08_clean.ipynb #c076
-def _write_journal(path, journal:dict) -> Path:
-    "Write the apply journal `journal` to `path`, atomically (after every move: an interrupted apply stays undoable)"
-    return atomic_write(path, json.dumps(journal, indent=1))
+def _record(root:Path, last:dict, mv:dict):
+    "Append the manifest rows of move `mv` unless `last` (the manifest's last rows) shows them already there"
+    r = last.get(mv['src']) or {}
+    if r.get('status') in ('trashed', 'relabelled') and mv['dest'] in r.get('reason', ''): return
+    append_manifest(root, _apply_rows(mv, _manifest_base(last, mv['src']) | {'sha256': mv['sha256']}))
 
 # %% ../nbs/08_clean.ipynb #c079
-def apply_decisions(decisions, root=None, dry_run:bool=False) -> dict:
-    "Carry out the pending `decisions` (a `Decisions` or its JSON path): trash and relabel by moving files, journaled"
-    dec = _as_decisions(decisions, root)
-    root, plan = dec.root, plan_decisions(dec)
-    todo = [op for op in plan if not op['skip']]
-    if dry_run or not todo: return dict(format=JOURNAL_FORMAT, root=str(root), dry_run=dry_run, moves=[], plan=plan, journal=None)
-    adir = _new_apply_dir(root)
-    jpath = adir/'journal.json'
-    journal = dict(format=JOURNAL_FORMAT, root=str(root), decisions=str(dec.path.resolve()), created=utc_now(),
-                   apply_dir=str(adir), moves=[], skipped=[op for op in plan if op['skip']], undone=None)
-    _write_journal(jpath, journal)
-    last = last_rows(root)
-    try:
-        for op in todo:
-            mv = _move(root, adir, op)
-            journal['moves'].append(mv); _write_journal(jpath, journal)
-            append_manifest(root, _apply_rows(mv, _manifest_base(last, op['file']) | {'sha256': mv['sha256']}))
-    finally:
-        journal['finished'] = utc_now(); _write_journal(jpath, journal)
-    journal['journal'] = str(jpath); journal['plan'] = plan
-    return journal
-
-# %% ../nbs/08_clean.ipynb #c082
 def read_journal(path) -> dict:
-    "The apply journal at `path`; `FileNotFoundError` or `ValueError` with the reason when it is not one"
-    try: j = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e: raise FileNotFoundError(f"{path} is not a readable apply journal ({e})") from None
-    if j.get('format') != JOURNAL_FORMAT: raise ValueError(f"{path} is not a {JOURNAL_FORMAT} file")
+    "The apply journal at `path`, folded; `FileNotFoundError` or `ValueError` with the reason when it is not one"
+    try: recs = read_records(path)
+    except OSError as e: raise FileNotFoundError(f"{path} is not a readable apply journal ({e})") from None
+    if not recs or recs[0].get('format') != JOURNAL_FORMAT: raise ValueError(f"{path} is not a {JOURNAL_FORMAT} file")
+    j, by_i = dict(recs[0], journal=str(path), finished=None, undone=None, undo=None), {}
+    for r in recs[1:]:
+        e, i = r.get('event'), r.get('i')
+        if e == 'move': by_i[i] = dict(r, done=False, back=None, restored=False)
+        elif e == 'moved': by_i[i]['done'] = True
+        elif e == 'abandoned': by_i.pop(i, None)
+        elif e == 'back': by_i[i]['back'] = r['to']
+        elif e == 'restored': by_i[i].update(back=r['to'], restored=True)
+        elif e in ('finished', 'undone'): j[e] = r['time']
+        elif e == 'undo-incomplete': j['undo'] = r
+    j['moves'] = [m for m in by_i.values() if m['done']]
+    j['pending'] = [m for m in by_i.values() if not m['done']]
+    j['next_i'] = 1 + max((r['i'] for r in recs if r.get('event') == 'move'), default=-1)
     return j
 
-# %% ../nbs/08_clean.ipynb #c084
-def find_journals(root) -> list[Path]:
-    "Apply journals of dataset `root`, oldest first"
-    root = Path(root).resolve(); out = []
-    for p in sorted(trash_root(root).glob('*/journal.json')):
-        try: j = json.loads(p.read_text())
-        except ValueError: continue
-        if Path(j.get('root', '')) == root: out.append(p)
+# %% ../nbs/08_clean.ipynb #c082
+def _settle(root:Path, mv:dict) -> str:
+    "What became of the unfinished move `mv`: 'moved' (finished now if half done), 'not moved', or the problem"
+    state = settle_move(root/mv['src'], root/mv['dest'], mv['sha256'])
+    return state if state != 'lost' else f"{mv['src']}: neither there nor at {mv['dest']} (sha256 {mv['sha256'][:12]}); look for it by hand"
+
+# %% ../nbs/08_clean.ipynb #c085
+def recover_journal(jpath, finish:bool=True) -> dict:
+    "Settle the interrupted apply of journal `jpath` from what is on disk (and mark it `finished`); what it found"
+    j = read_journal(jpath)
+    out = dict(journal=str(jpath), moved=[], not_moved=[], problems=[])
+    if j['finished']: return out
+    root, last = Path(j['root']), last_rows(j['root'])
+    with Journal(jpath) as jnl:
+        for mv in j['pending']:
+            state = _settle(root, mv)
+            if state == 'moved':
+                _record(root, last, mv); jnl.write(event='moved', i=mv['i']); out['moved'].append(mv['src'])
+            elif state == 'not moved': jnl.write(event='abandoned', i=mv['i']); out['not_moved'].append(mv['src'])
+            else: out['problems'].append(state)
+        if finish: jnl.write(event='finished', recovered=True, moves=len(j['moves']) + len(out['moved']), problems=out['problems'])
     return out
 
-# %% ../nbs/08_clean.ipynb #c086
+# %% ../nbs/08_clean.ipynb #c087
+def find_journals(root) -> list[Path]:
+    "Apply journals of dataset `root`, oldest first"
+    root, out = Path(root).resolve(), []
+    for p in sorted(trash_root(root).glob(f'*/{JOURNAL_NAME}')):
+        try: recs = read_records(p)
+        except (OSError, ValueError): continue
+        if recs and Path(recs[0].get('root', '')) == root: out.append(p)
+    return out
+
+# %% ../nbs/08_clean.ipynb #c089
 def latest_journal(root) -> Path|None:
     "The newest apply journal of `root` that has not been undone"
     for p in reversed(find_journals(root)):
-        if not json.loads(p.read_text()).get('undone'): return p
+        if not read_journal(p)['undone']: return p
     return None
 
-# %% ../nbs/08_clean.ipynb #c088
+# %% ../nbs/08_clean.ipynb #c092
+def apply_decisions(decisions, root=None, dry_run:bool=False) -> dict:
+    "Carry out the pending `decisions` (a `Decisions` or its JSON path): trash and relabel by moving files, journaled first"
+    dec = _as_decisions(decisions, root)
+    root, dpath = dec.root, str(dec.path.resolve())
+    if dry_run: return dict(format=JOURNAL_FORMAT, root=str(root), dry_run=True, moves=[], plan=plan_decisions(dec), journal=None, recovered=[])
+    with _lock(root):
+        killed = [p for p in find_journals(root) if not read_journal(p)['finished']]
+        mine = next((p for p in reversed(killed) if read_journal(p)['decisions'] == dpath), None)   # resume in it
+        recovered = [recover_journal(p, finish=p != mine) for p in killed]
+        plan = plan_decisions(dec)
+        todo = [op for op in plan if not op['skip']]
+        if not todo and not mine: return dict(format=JOURNAL_FORMAT, root=str(root), dry_run=False, moves=[], plan=plan, journal=None, recovered=recovered)
+        jpath = mine or _new_apply_dir(root)/JOURNAL_NAME
+        start, last = read_journal(mine)['next_i'] if mine else 0, last_rows(root)
+        with Journal(jpath) as jnl:
+            if not mine: jnl.write(event='apply', format=JOURNAL_FORMAT, root=str(root), decisions=dpath, apply_dir=str(jpath.parent),
+                                   skipped=[op for op in plan if op['skip']])
+            for i, op in enumerate(todo, start):
+                mv = _move(root, jpath.parent, jnl, i, op)
+                _record(root, last, mv)
+                jnl.write(event='moved', i=i)
+            jnl.write(event='finished', recovered=False, moves=len(todo), problems=[])
+    return read_journal(jpath) | dict(plan=plan, recovered=recovered)
+
+# %% ../nbs/08_clean.ipynb #c095
 def _journal_path(journal=None, root=None) -> Path:
     "The journal file that `journal` names (a path, an apply folder or a stamp), by default the latest of `root`"
     if journal is None:
@@ -332,46 +350,61 @@ def _journal_path(journal=None, root=None) -> Path:
         if journal is None: raise FileNotFoundError(f"no apply to undo for {Path(root)} (looked in {trash_root(root)})")
     jpath = Path(journal)
     if not jpath.exists() and root is not None and (trash_root(root)/journal).exists(): jpath = trash_root(root)/journal   # a bare stamp
-    return jpath/'journal.json' if jpath.is_dir() else jpath
+    return jpath/JOURNAL_NAME if jpath.is_dir() else jpath
 
-# %% ../nbs/08_clean.ipynb #c091
-def _undo_move(root:Path, mv:dict, note:str) -> tuple[str|None, str|None]:
-    "Move the file of journal entry `mv` back and record it in the manifest: (where it went or None, a problem or None)"
-    src, dest = root/mv['src'], (root/mv['dest']).resolve()
-    if not dest.is_file(): return None, f"{mv['dest']}: gone, cannot restore {mv['src']}"
-    if sha256_file(dest) != mv['sha256']: return None, f"{mv['dest']}: changed since the apply, left in place"
-    back = move_no_clobber(dest, src).relative_to(root).as_posix()
-    base = _manifest_base(last_rows(root), mv['src']) | {'sha256': mv['sha256']}
+# %% ../nbs/08_clean.ipynb #c098
+def _undo_rows(mv:dict, back:str, base:dict, note:str) -> list[dict]:
+    "Manifest rows for moving `mv`'s file back to `back`"
     rows = [base | dict(file=back, label=mv['label'], status='ok', reason=f"{note}; restored from {mv['dest']}")]
     if mv['op'] == 'relabel':
         rows.append(base | dict(file=mv['dest'], label=mv['label'], status='relabelled', reason=f"{note}; moved back to {back}"))
-    append_manifest(root, rows)
-    return back, (f"{mv['src']} was taken: restored as {back}" if back != mv['src'] else None)
+    return rows
 
-# %% ../nbs/08_clean.ipynb #c094
+# %% ../nbs/08_clean.ipynb #c100
+def _restore(root:Path, jnl:Journal, mv:dict, last:dict, note:str) -> tuple[str|None, str|None]:
+    "Move the file of journal entry `mv` back, journaled first, and record it: (where it went or None, a problem or None)"
+    sha, dest, back = mv['sha256'], root/mv['dest'], mv['back']
+    if not (back and settle_move(dest, root/back, sha) == 'moved'):     # not already moved back by a killed undo
+        if not holds(dest, sha):
+            return None, f"{mv['dest']}: {'changed since the apply, left in place' if dest.exists() else 'gone'}; cannot restore {mv['src']}"
+        back = journaled_move(jnl, dest, root/mv['src'], root, 'to', event='back', i=mv['i'])['to']
+    r = last.get(back) or {}
+    if not (r.get('status') == 'ok' and note in r.get('reason', '')):
+        append_manifest(root, _undo_rows(mv, back, _manifest_base(last, mv['src']) | {'sha256': sha}, note))
+    jnl.write(event='restored', i=mv['i'], to=back)
+    return back, None
+
+# %% ../nbs/08_clean.ipynb #c103
 def undo_apply(journal=None, root=None) -> dict:
     "Move every file of apply `journal` (its path, folder or stamp; default: the latest not undone for `root`) back, byte-identical"
     jpath = _journal_path(journal, root)
-    j = read_journal(jpath)
-    if j.get('undone'): raise ValueError(f"{jpath} was already undone at {j['undone']}")
-    root = Path(j['root'])
-    restored, problems = [], []
-    for mv in reversed(j['moves']):
-        back, problem = _undo_move(root, mv, f"undo {jpath.parent.name}: {mv['reason']}")
-        if back is not None: restored.append(dict(mv, restored_to=back))
-        if problem: problems.append(problem)
-    j['undone'] = utc_now(); j['undo'] = dict(restored=len(restored), problems=problems)
-    _write_journal(jpath, j)
-    return dict(journal=str(jpath), restored=restored, problems=problems)
+    with _lock(Path(read_journal(jpath)['root'])):
+        j = read_journal(jpath)
+        if j['undone']: raise ValueError(f"{jpath} was already undone at {j['undone']}")
+        recover_journal(jpath)
+        j, root = read_journal(jpath), Path(j['root'])
+        last, note = last_rows(root), f"undo {jpath.parent.name}"
+        restored, notes = [], []
+        problems = [s for s in (_settle(root, mv) for mv in j['pending']) if s not in ('moved', 'not moved')]
+        with Journal(jpath) as jnl:
+            jnl.write(event='undo')
+            for mv in reversed(j['moves']):
+                back, problem = (mv['back'], None) if mv['restored'] else _restore(root, jnl, mv, last, f"{note}: {mv['reason']}")
+                if problem: problems.append(problem); continue
+                if not holds(root/back, mv['sha256']): problems.append(f"{back}: restored but its bytes no longer match"); continue
+                restored.append(dict(mv, restored_to=back))
+                if back != mv['src']: notes.append(f"{mv['src']} was taken: restored as {back}")
+            jnl.write(event='undone' if not problems else 'undo-incomplete', restored=len(restored), problems=problems)
+    return dict(journal=str(jpath), restored=restored, problems=problems, notes=notes)
 
-# %% ../nbs/08_clean.ipynb #c097
+# %% ../nbs/08_clean.ipynb #c108
 def text_table(rows, cols) -> str:
     "`rows` (sequences) under the header `cols`, in left-aligned columns"
     w = [max([len(c)] + [len(str(r[i])) for r in rows]) for i, c in enumerate(cols)]
     line = lambda r: '  '.join(str(v).ljust(w[i]) for i, v in enumerate(r)).rstrip()
     return '\n'.join([line(cols), line(['-'*x for x in w])] + [line(r) for r in rows])
 
-# %% ../nbs/08_clean.ipynb #c099
+# %% ../nbs/08_clean.ipynb #c110
 @call_parse
 def bear_clean_apply(
     decisions:str,            # The decisions JSON the cleaner saved
@@ -382,6 +415,9 @@ def bear_clean_apply(
     if not Path(decisions).is_file(): raise SystemExit(f"bear-clean-apply: {decisions} not found; pass the decisions file the cleaner saved")
     try: res = apply_decisions(decisions, root=root, dry_run=dry_run)
     except Exception as e: raise SystemExit(f"bear-clean-apply: {one_line(e)}")
+    for r in res['recovered']:
+        print(f"finished the interrupted apply {r['journal']}: {len(r['moved'])} move(s) completed, {len(r['not_moved'])} left to do")
+        for p in r['problems']: print(f"bear-clean-apply: {p}", file=sys.stderr)
     plan = res['plan']
     if not plan: print("nothing to do: no trash or relabel decisions"); return
     done = {m['src']: m['dest'] for m in res['moves']}
@@ -390,16 +426,22 @@ def bear_clean_apply(
     n = sum(1 for o in plan if not o['skip'])
     if dry_run: print(f"dry run: {n} move(s) planned, nothing changed")
     else: print(f"{len(res['moves'])} move(s) done; journal {res['journal'] or '-'} (undo: bear-clean-undo {res['journal'] or ''})".rstrip())
+    if any(r['problems'] for r in res['recovered']): raise SystemExit(1)
 
-# %% ../nbs/08_clean.ipynb #c101
+# %% ../nbs/08_clean.ipynb #c112
 @call_parse(pos=['journal'])
 def bear_clean_undo(
     journal:str=None,         # An apply journal, its folder or its stamp (default: the latest apply of ROOT)
     root:str='data/bears',    # Dataset folder whose latest apply is undone
 ):
-    "Undo a bear-clean-apply: move every file back, byte-identical, and record it in the manifest"
+    "Undo a bear-clean-apply: move every file back, byte-identical, and record it in the manifest; exit 1 if one could not be"
     try: res = undo_apply(journal, root=root)
     except Exception as e: raise SystemExit(f"bear-clean-undo: {one_line(e)}")
     for r in res['restored']: print(f"restored {r['restored_to']}  (from {r['dest']})")
-    for p in res['problems']: print(f"warning: {p}")
+    for n in res['notes']: print(f"note: {n}")
     print(f"{len(res['restored'])} file(s) restored from {res['journal']}")
+    if res['problems']:
+        for p in res['problems']: print(f"bear-clean-undo: not restored: {p}", file=sys.stderr)
+        print(f"bear-clean-undo: {len(res['problems'])} file(s) NOT restored; fix them, then run bear-clean-undo {res['journal']} again",
+              file=sys.stderr)
+        raise SystemExit(1)

@@ -7,7 +7,7 @@ import pytest
 from bear_classifier.files import sha256_file
 from bear_classifier.manifest import append_manifest, read_manifest
 from bear_classifier.testing import photo_dataset, require_shared_data
-from bear_classifier.clean import DELETE, KEEP, Decisions, apply_decisions, latest_journal, trash_root, undo_apply
+from bear_classifier.clean import DELETE, KEEP, Decisions, apply_decisions, latest_journal, read_journal, trash_root, undo_apply
 from bear_classifier.cleaner import PersistentCleaner
 from bear_classifier.suspects import LABEL_ISSUE, rank_label_issues
 
@@ -68,7 +68,7 @@ def test_apply_undo_round_trip(dataset, tmp_path):
     assert rows[1]['reason'].startswith('relabel:coffee->cat by cleaner')
     assert all(r['timestamp'] and r['sha256'] for r in rows)
     assert rows[2]['url'] == next(r['url'] for r in read_manifest(root) if r['file'] == 'coffee/001.jpg')   # provenance kept
-    j = json.loads(journal.read_text())
+    j = read_journal(journal)
     assert [(m['op'], m['src'], m['dest']) for m in j['moves']] == [
         ('trash', 'cat/000.jpg', f'../.trash/{journal.parent.name}/cat/000.jpg'),
         ('relabel', 'coffee/001.jpg', 'cat/001-1.jpg'), ('relabel', 'coffee/002.jpg', 'tea/002.jpg')]
@@ -89,7 +89,7 @@ def test_apply_undo_round_trip(dataset, tmp_path):
     assert last['cat/000.jpg']['status'] == 'ok' and last['coffee/001.jpg']['status'] == 'ok'
     assert last['cat/001-1.jpg']['status'] == 'relabelled' and last['coffee/001.jpg']['label'] == 'coffee'
     assert all(r['reason'].startswith('undo ') for r in rows[-5:])
-    assert json.loads(journal.read_text())['undone']
+    assert read_journal(journal)['undone']
     assert latest_journal(root) is None
     nothing = run(BIN/'bear-clean-undo', '--root', root)
     assert nothing.returncode != 0 and len(nothing.stderr.strip().splitlines()) == 1
@@ -106,7 +106,7 @@ def test_undo_never_overwrites_a_new_file(dataset, tmp_path):
     res = undo_apply(Path(j['journal']).parent.name, root=root)       # the apply's stamp is enough
     assert (root/'cat'/'000.jpg').read_bytes() == b'a new photo with the old name'
     assert (root/'cat'/'000-1.jpg').read_bytes() == old
-    assert res['problems'] == ['cat/000.jpg was taken: restored as cat/000-1.jpg']
+    assert res['problems'] == [] and res['notes'] == ['cat/000.jpg was taken: restored as cat/000-1.jpg']
     with pytest.raises(ValueError, match='already undone'): undo_apply(j['journal'])
 
 
