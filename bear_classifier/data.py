@@ -6,6 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/data.html.md"""
 
 # %% ../nbs/06_data.ipynb #c003
 from __future__ import annotations
+import csv, io
 from pathlib import Path
 
 from fastcore.foundation import L
@@ -14,12 +15,12 @@ from fastai.data.transforms import get_image_files, parent_label, RandomSplitter
 from fastai.vision.data import ImageBlock
 from fastai.vision.augment import Resize, ResizeMethod, RandomResizedCrop, aug_transforms
 
-from .files import atomic_path
+from .files import atomic_path, atomic_write
 from .manifest import usable_files
 
 # %% auto #0
 __all__ = ['ITEM_TFMS', 'get_bear_files', 'bear_item_tfms', 'bear_datablock', 'DataError', 'check_dataset', 'bear_dataloaders',
-           'save_figure', 'save_show_batch']
+           'test_items', 'write_csv', 'split_rows', 'save_figure', 'save_show_batch']
 
 # %% ../nbs/06_data.ipynb #c006
 def get_bear_files(path) -> L:
@@ -78,7 +79,31 @@ def bear_dataloaders(root, item_tfms:str='rrc', size:int=224, bs:int=32, valid_p
     dblock = bear_datablock(item_tfms, size, valid_pct, seed, aug, min_scale)
     return dblock.dataloaders(Path(root), bs=bs, num_workers=num_workers, device=device, **kwargs)
 
-# %% ../nbs/06_data.ipynb #c026
+# %% ../nbs/06_data.ipynb #c027
+def test_items(path, vocab) -> tuple[L, dict]:
+    "Images of `path/<label>/*` whose label is in `vocab`, and the count per unknown label left out"
+    files = get_bear_files(path)
+    keep = files.filter(lambda f: f.parent.name in set(vocab))
+    skipped = {}
+    for f in files:
+        if f.parent.name not in set(vocab): skipped[f.parent.name] = skipped.get(f.parent.name, 0) + 1
+    return keep, skipped
+
+# %% ../nbs/06_data.ipynb #c030
+def write_csv(path, rows, columns) -> Path:
+    "Write `rows` (dicts) with the header `columns` to the CSV file `path`, atomically"
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator='\n')
+    w.writeheader(); w.writerows(rows)
+    return atomic_write(path, buf.getvalue())
+
+# %% ../nbs/06_data.ipynb #c033
+def split_rows(dls) -> list[dict]:
+    "The rows of `split.csv`: every training and validation file (absolute), its label and `is_valid`"
+    return [dict(file=str(Path(f).resolve()), label=Path(f).parent.name, is_valid=int(v))
+            for v, ds in ((False, dls.train_ds), (True, dls.valid_ds)) for f in ds.items]
+
+# %% ../nbs/06_data.ipynb #c036
 def save_figure(dest, fig=None, dpi:int=80) -> Path:
     "Save matplotlib's `fig` (default: the current figure) as the PNG `dest`, atomically, and close it"
     import matplotlib.pyplot as plt
@@ -88,7 +113,7 @@ def save_figure(dest, fig=None, dpi:int=80) -> Path:
     finally: plt.close(fig)
     return Path(dest)
 
-# %% ../nbs/06_data.ipynb #c029
+# %% ../nbs/06_data.ipynb #c039
 def save_show_batch(dls, dest, unique:bool=False, max_n:int=9, nrows:int=None, **kwargs) -> Path:
     "Save `dls.train.show_batch(...)` as the PNG `dest`; `unique=True` is the augmentation preview"
     import matplotlib

@@ -6,7 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/train.html.md"""
 
 # %% ../nbs/07_train.ipynb #c003
 from __future__ import annotations
-import copy, csv, io, json, math, time
+import copy, json, math, time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from fastcore.foundation import L
 from fastcore.script import call_parse
 from fastai.torch_core import set_seed
 from fastai.learner import Learner
+from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import fit_one_cycle  # patches Learner.fit_one_cycle and Learner.fine_tune
 from fastai.metrics import accuracy
@@ -24,27 +25,30 @@ from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.vision.learner import vision_learner
 from fastai.interpret import ClassificationInterpretation
 
-from .files import atomic_write, is_off, one_line, replace_dir, temp_dir, utc_now, utc_stamp
+from .files import atomic_write, is_off, one_line, replace_dir, sha256_file, temp_dir, utc_now, utc_stamp
 from .core import (DEFAULT_BACKBONE, LITE_STATS, IMAGENET_BEAR_CLASSES, BackboneError, create_backbone,
                                   create_model_head, imagenet_classes, package_versions, pretrained_arch)
-from .data import DataError, bear_dataloaders, check_dataset, get_bear_files, save_figure, save_show_batch
+from .data import (DataError, bear_dataloaders, check_dataset, save_figure, save_show_batch, split_rows,
+                                  test_items, write_csv)
 
 # %% auto #0
-__all__ = ['RECIPES', 'PROBE_LAMBDAS', 'PER_CLASS_COLUMNS', 'RECIPE_FACTS', 'recipe_config', 'imagenet_index',
-           'parse_imagenet_map', 'linear_head', 'init_head_from_imagenet', 'pooled_features', 'fit_logistic',
-           'choose_lambda', 'wise_interpolate', 'build_learner', 'linear_probe', 'apply_prior', 'fine_tune_recipe',
-           'train_learner', 'evaluate', 'test_items', 'Interpretation', 'per_class_rows', 'report_split',
-           'model_config', 'run_metrics', 'write_csv', 'split_rows', 'write_report', 'train_run', 'bear_train']
+__all__ = ['RECIPES', 'PROBE_LAMBDAS', 'WISE_ALPHAS', 'PER_CLASS_COLUMNS', 'RECIPE_FACTS', 'recipe_config', 'imagenet_index',
+           'parse_imagenet_map', 'linear_head', 'imagenet_rows', 'init_head_from_imagenet', 'pooled_features',
+           'fit_logistic', 'choose_lambda', 'wise_interpolate', 'valid_loss', 'choose_wise_alpha', 'zero_shot_head',
+           'merge_head', 'build_learner', 'linear_probe', 'apply_prior', 'SkipValidation', 'fine_tune_recipe',
+           'train_learner', 'evaluate', 'Interpretation', 'per_class_rows', 'report_split', 'model_config',
+           'run_metrics', 'write_report', 'train_run', 'bear_train']
 
 # %% ../nbs/07_train.ipynb #c006
 RECIPES = {
     'lesson': dict(item_tfms='rrc', size=224, min_scale=0.5, aug=True, bs=32, head='fastai', ps=0.5,
                    imagenet_prior=False, probe=False, epochs=4, freeze_epochs=1, base_lr=2e-3, lr_mult=100,
-                   label_smoothing=0.0, wise_alpha=None),
+                   label_smoothing=0.0, wise_alpha=None, merge_prior=False),
     'default': dict(item_tfms='rrc', size=224, min_scale=0.5, aug=True, bs=32, head='linear', ps=0.2,
                     imagenet_prior=True, probe=True, epochs=2, freeze_epochs=0, base_lr=2e-3, lr_mult=100,
-                    label_smoothing=0.1, wise_alpha=0.5),
+                    label_smoothing=0.1, wise_alpha='auto', merge_prior=False),
 }
+RECIPES['default-v1'] = dict(RECIPES['default'], wise_alpha=0.5)   # the default until issue 17: α fixed at 0.5
 
 # %% ../nbs/07_train.ipynb #c009
 def recipe_config(recipe:str='default', **overrides) -> dict:
@@ -89,22 +93,26 @@ def linear_head(model:nn.Module) -> nn.Linear:
     return [m for m in model[1].modules() if isinstance(m, nn.Linear)][-1]
 
 # %% ../nbs/07_train.ipynb #c020
+def imagenet_rows(groups, backbone:str=DEFAULT_BACKBONE) -> tuple[torch.Tensor, torch.Tensor]:
+    "ImageNet classifier weights and biases of `backbone`, one row per group of class indices (the group's mean)"
+    clf = create_backbone(backbone).get_classifier()
+    with torch.no_grad():
+        return (torch.stack([clf.weight[list(g)].mean(0) for g in groups]), torch.stack([clf.bias[list(g)].mean(0) for g in groups]))
+
+# %% ../nbs/07_train.ipynb #c022
 def init_head_from_imagenet(model:nn.Module, vocab, mapping:dict, backbone:str=DEFAULT_BACKBONE) -> list[str]:
     "Start the rows of `model`'s linear head for mapped labels from ImageNet's classifier rows"
     lin = linear_head(model)
-    if not mapping: return []
-    lower = {k.lower(): v for k, v in mapping.items()}
+    lower = {k.lower(): v for k, v in (mapping or {}).items()}
     todo = [(i, lower[str(v).lower()]) for i, v in enumerate(vocab) if str(v).lower() in lower]
     if not todo: return []
-    clf = create_backbone(backbone).get_classifier()
-    if clf.in_features != lin.in_features: return []
-    with torch.no_grad():
-        for i, rows in todo:
-            lin.weight[i] = clf.weight[rows].mean(0)
-            lin.bias[i] = clf.bias[rows].mean(0)
-    return [str(vocab[i]) for i, _ in todo]
+    W, b = imagenet_rows([rows for _, rows in todo], backbone)
+    if W.shape[1] != lin.in_features: return []
+    idx = [i for i, _ in todo]
+    with torch.no_grad(): lin.weight[idx] = W; lin.bias[idx] = b
+    return [str(vocab[i]) for i in idx]
 
-# %% ../nbs/07_train.ipynb #c025
+# %% ../nbs/07_train.ipynb #c027
 PROBE_LAMBDAS = (1e-1, 1e-2, 1e-3, 1e-4)   # decades from "close to the prior" to "almost unpenalised" (as benchmarked)
 
 @torch.no_grad()
@@ -119,7 +127,7 @@ def pooled_features(model:nn.Module, dl) -> tuple[torch.Tensor, torch.Tensor]:
     finally: model.train(was)
     return torch.cat(fs), torch.cat(ys)
 
-# %% ../nbs/07_train.ipynb #c028
+# %% ../nbs/07_train.ipynb #c030
 def fit_logistic(X, y, W0, b0, lam:float, label_smoothing:float=0.0, max_iter:int=200):
     "Multinomial logistic regression by L-BFGS with penalty `lam*||W-W0||²`, starting from (W0, b0)"
     W, b = W0.clone().requires_grad_(), b0.clone().requires_grad_()
@@ -132,7 +140,7 @@ def fit_logistic(X, y, W0, b0, lam:float, label_smoothing:float=0.0, max_iter:in
     with torch.enable_grad(): opt.step(closure)
     return W.detach(), b.detach()
 
-# %% ../nbs/07_train.ipynb #c031
+# %% ../nbs/07_train.ipynb #c033
 def choose_lambda(X, y, W0, b0, lams=PROBE_LAMBDAS, folds:int=5, seed:int=42, label_smoothing:float=0.0):
     "The penalty in `lams` with the lowest cross-validated log-loss, and the losses"
     g = torch.Generator().manual_seed(seed)
@@ -149,7 +157,7 @@ def choose_lambda(X, y, W0, b0, lams=PROBE_LAMBDAS, folds:int=5, seed:int=42, la
         losses[lam] = tot/len(y)
     return min(losses, key=losses.get), losses
 
-# %% ../nbs/07_train.ipynb #c034
+# %% ../nbs/07_train.ipynb #c036
 def wise_interpolate(model:nn.Module, start_state:dict, alpha:float=0.5) -> nn.Module:
     "Set `model`'s weights to `(1-alpha)*start_state + alpha*current` (WiSE-FT), in place"
     if not 0. <= alpha <= 1.: raise ValueError(f"wise_alpha must be between 0 and 1, got {alpha}")
@@ -159,7 +167,49 @@ def wise_interpolate(model:nn.Module, start_state:dict, alpha:float=0.5) -> nn.M
             if v.is_floating_point(): v.copy_(start_state[k].to(v.dtype).lerp(v, alpha))
     return model
 
-# %% ../nbs/07_train.ipynb #c037
+# %% ../nbs/07_train.ipynb #c039
+WISE_ALPHAS = (0., 0.25, 0.5, 0.75, 1.)
+
+@torch.no_grad()
+def valid_loss(model:nn.Module, dl, extra=None) -> float:
+    "Mean cross-entropy of `model` (eval mode) on `dl`, plus the logits of the linear head `extra=(W, b)` on pooled features"
+    was = model.training; model.eval()
+    tot, n = 0., 0
+    try:
+        for xb, yb in dl:
+            f = model[0](xb); z = model[1](f).float()
+            if extra is not None: z = z + f.mean((2, 3)).float()@extra[0].T + extra[1]
+            tot += F.cross_entropy(z, yb.as_subclass(torch.Tensor), reduction='sum').item(); n += len(yb)
+    finally: model.train(was)
+    return tot/max(n, 1)
+
+# %% ../nbs/07_train.ipynb #c042
+def choose_wise_alpha(model:nn.Module, start:dict, dl, alphas=WISE_ALPHAS, extra=None) -> tuple[float, dict]:
+    "The WiSE-FT α in `alphas` with the lowest `valid_loss` on `dl`, and the losses; `model` is left at that α"
+    end = copy.deepcopy(model.state_dict())
+    losses = {}
+    for a in alphas:
+        model.load_state_dict(end); wise_interpolate(model, start, a)
+        losses[a] = valid_loss(model, dl, extra)
+    best = min(alphas, key=losses.get)
+    model.load_state_dict(end); wise_interpolate(model, start, best)
+    return best, losses
+
+# %% ../nbs/07_train.ipynb #c045
+def zero_shot_head(vocab, mapping:dict, backbone:str=DEFAULT_BACKBONE):
+    "ImageNet's classifier rows for the labels of `vocab` as (W, b), or None unless every label is mapped"
+    lower = {k.lower(): v for k, v in (mapping or {}).items()}
+    if not len(vocab) or any(str(v).lower() not in lower for v in vocab): return None
+    return imagenet_rows([lower[str(v).lower()] for v in vocab], backbone)
+
+# %% ../nbs/07_train.ipynb #c047
+def merge_head(model:nn.Module, extra) -> nn.Module:
+    "Add the linear head `extra=(W, b)` to `model`'s linear head (a product of experts), in place"
+    lin = linear_head(model)
+    with torch.no_grad(): lin.weight += extra[0].to(lin.weight); lin.bias += extra[1].to(lin.bias)
+    return model
+
+# %% ../nbs/07_train.ipynb #c050
 def build_learner(dls, cfg:dict, backbone:str=DEFAULT_BACKBONE) -> Learner:
     "`vision_learner` on the offline `backbone` with the recipe's head and loss"
     head = None
@@ -168,7 +218,7 @@ def build_learner(dls, cfg:dict, backbone:str=DEFAULT_BACKBONE) -> Learner:
     loss = LabelSmoothingCrossEntropyFlat(eps=cfg['label_smoothing']) if cfg['label_smoothing'] else CrossEntropyLossFlat()
     return vision_learner(dls, pretrained_arch(backbone), custom_head=head, ps=cfg['ps'], loss_func=loss, metrics=accuracy)
 
-# %% ../nbs/07_train.ipynb #c040
+# %% ../nbs/07_train.ipynb #c053
 def linear_probe(learn:Learner, prior_labels=(), label_smoothing:float=0.0, lams=PROBE_LAMBDAS, seed:int=42) -> dict:
     "Fit the linear head of `learn` on frozen features of its training images; returns what it did"
     lin = linear_head(learn.model)
@@ -185,7 +235,7 @@ def linear_probe(learn:Learner, prior_labels=(), label_smoothing:float=0.0, lams
     return dict(probe_lambda=lam, probe_cv_logloss={str(k): round(v, 4) for k, v in cv.items()},
                 probe_train_accuracy=round(acc, 4), probe_n=len(y))
 
-# %% ../nbs/07_train.ipynb #c043
+# %% ../nbs/07_train.ipynb #c056
 def apply_prior(learn:Learner, cfg:dict, imagenet_map=None, backbone:str=DEFAULT_BACKBONE, seed:int=42) -> dict:
     "The recipe's start: ImageNet rows into the head for mapped labels, then the linear probe; returns what it did"
     mapping = parse_imagenet_map(imagenet_map) if cfg['imagenet_prior'] and cfg['head'] == 'linear' else {}
@@ -196,21 +246,34 @@ def apply_prior(learn:Learner, cfg:dict, imagenet_map=None, backbone:str=DEFAULT
         facts.update(linear_probe(learn, prior, cfg['label_smoothing'], seed=seed))
     return facts
 
-# %% ../nbs/07_train.ipynb #c046
-def fine_tune_recipe(learn:Learner, cfg:dict) -> Learner:
-    "Fine-tune `learn` as the recipe says, then WiSE-FT towards the weights it started from"
-    start = copy.deepcopy(learn.model.state_dict()) if cfg['wise_alpha'] is not None else None
+# %% ../nbs/07_train.ipynb #c059
+class SkipValidation(Callback):
+    "Cancel the validation pass of every epoch (the caller validates afterwards)"
+    def before_validate(self): raise CancelValidException
+
+# %% ../nbs/07_train.ipynb #c062
+def fine_tune_recipe(learn:Learner, cfg:dict, prior=None) -> dict:
+    "Fine-tune `learn` as the recipe says, WiSE-FT towards where it started, merge the zero-shot head `prior`"
+    alpha, facts = cfg['wise_alpha'], {}
+    start = copy.deepcopy(learn.model.state_dict()) if alpha is not None else None
     if cfg['freeze_epochs'] > 0:
         learn.fine_tune(cfg['epochs'], base_lr=cfg['base_lr'], freeze_epochs=cfg['freeze_epochs'], lr_mult=cfg['lr_mult'])
     elif cfg['epochs'] > 0:   # fine_tune's second half: the probe was its first
         learn.unfreeze()
         base_lr = cfg['base_lr']/2
-        learn.fit_one_cycle(cfg['epochs'], slice(base_lr/cfg['lr_mult'], base_lr), pct_start=0.3, div=5.0)
-    if start is not None: wise_interpolate(learn.model, start, cfg['wise_alpha'])
+        cbs = [SkipValidation()] if alpha == 'auto' else []   # choose_wise_alpha validates
+        learn.fit_one_cycle(cfg['epochs'], slice(base_lr/cfg['lr_mult'], base_lr), pct_start=0.3, div=5.0, cbs=cbs)
+    dl = learn.dls.valid.new(shuffle=False, drop_last=False)
+    if alpha == 'auto' and len(dl.dataset):
+        alpha, losses = choose_wise_alpha(learn.model, start, dl, extra=prior)
+        facts['wise_losses'] = {str(k): round(v, 4) for k, v in losses.items()}
+    elif alpha is not None: wise_interpolate(learn.model, start, 0.5 if alpha == 'auto' else float(alpha))
+    if prior is not None: merge_head(learn.model, prior)
     learn.model.eval()
-    return learn
+    return dict(facts, wise_alpha=None if alpha is None else (0.5 if alpha == 'auto' else float(alpha)),
+                wise_setting=cfg['wise_alpha'], merged_prior=prior is not None)
 
-# %% ../nbs/07_train.ipynb #c049
+# %% ../nbs/07_train.ipynb #c065
 def train_learner(root, recipe:str='default', seed:int=42, backbone:str=DEFAULT_BACKBONE, imagenet_map=None,
                   num_workers:int=0, show_progress:bool=True, **overrides) -> tuple[Learner, dict]:
     "Train on `root/<label>/*` with `recipe`; returns the learner and the facts of the run"
@@ -223,11 +286,12 @@ def train_learner(root, recipe:str='default', seed:int=42, backbone:str=DEFAULT_
     if not show_progress: learn.remove_cb(ProgressCallback)
     facts = dict(cfg, seed=seed, backbone=backbone, data_root=str(Path(root).resolve()))
     facts.update(apply_prior(learn, cfg, imagenet_map, backbone, seed))
-    fine_tune_recipe(learn, cfg)
+    prior = zero_shot_head(learn.dls.vocab, facts['imagenet_map'], backbone) if cfg['merge_prior'] else None
+    facts.update(fine_tune_recipe(learn, cfg, prior))
     facts.update(seconds=round(time.perf_counter() - t0, 2), cpu_seconds=round(time.process_time() - c0, 2))
     return learn, facts
 
-# %% ../nbs/07_train.ipynb #c052
+# %% ../nbs/07_train.ipynb #c068
 def evaluate(learn:Learner, dl) -> dict:
     "Probabilities, targets, accuracy and cross-entropy of `learn`'s model on `dl`"
     probs, targs = learn.get_preds(dl=dl, reorder=False)
@@ -237,17 +301,7 @@ def evaluate(learn:Learner, dl) -> dict:
                 accuracy=(probs.argmax(1) == targs).float().mean().item() if len(targs) else float('nan'),
                 nll=losses.mean().item() if len(targs) else float('nan'))
 
-# %% ../nbs/07_train.ipynb #c055
-def test_items(path, vocab) -> tuple[L, dict]:
-    "Images of `path/<label>/*` whose label is in `vocab`, and the count per unknown label left out"
-    files = get_bear_files(path)
-    keep = files.filter(lambda f: f.parent.name in set(vocab))
-    skipped = {}
-    for f in files:
-        if f.parent.name not in set(vocab): skipped[f.parent.name] = skipped.get(f.parent.name, 0) + 1
-    return keep, skipped
-
-# %% ../nbs/07_train.ipynb #c058
+# %% ../nbs/07_train.ipynb #c071
 class Interpretation(ClassificationInterpretation):
     "A `ClassificationInterpretation` from predictions already computed (no second pass over the data)"
     def __init__(self, learn, dl, ev):
@@ -259,7 +313,7 @@ class Interpretation(ClassificationInterpretation):
         for t, p in zip(self.ev['targs'].tolist(), self.ev['probs'].argmax(1).tolist()): cm[t, p] += 1
         return cm
 
-# %% ../nbs/07_train.ipynb #c061
+# %% ../nbs/07_train.ipynb #c074
 PER_CLASS_COLUMNS = ['split', 'label', 'precision', 'recall', 'f1', 'support']
 
 def per_class_rows(ev:dict, vocab, split:str) -> list[dict]:
@@ -270,7 +324,7 @@ def per_class_rows(ev:dict, vocab, split:str) -> list[dict]:
     return [dict(split=split, label=str(v), precision=round(float(p[i]), 4), recall=round(float(r[i]), 4),
                  f1=round(float(f[i]), 4), support=int(s[i])) for i, v in enumerate(vocab)]
 
-# %% ../nbs/07_train.ipynb #c064
+# %% ../nbs/07_train.ipynb #c077
 def report_split(learn:Learner, dl, split:str, rep, suffix:str='') -> tuple[dict, list[dict]]:
     "Evaluate `learn` on `dl`; save its confusion matrix and top losses into `rep`; the evaluation and per-class rows"
     ev = evaluate(learn, dl)
@@ -281,9 +335,9 @@ def report_split(learn:Learner, dl, split:str, rep, suffix:str='') -> tuple[dict
     save_figure(Path(rep)/f'top_losses{suffix}.png')
     return ev, per_class_rows(ev, learn.dls.vocab, split)
 
-# %% ../nbs/07_train.ipynb #c067
+# %% ../nbs/07_train.ipynb #c080
 RECIPE_FACTS = ('recipe', 'seed', 'epochs', 'freeze_epochs', 'base_lr', 'lr_mult', 'label_smoothing',
-                'wise_alpha', 'imagenet_prior', 'imagenet_map', 'probe', 'min_scale', 'aug', 'bs')
+                'wise_alpha', 'wise_setting', 'merged_prior', 'imagenet_prior', 'imagenet_map', 'probe', 'min_scale', 'aug', 'bs')
 
 def model_config(learn:Learner, facts:dict) -> dict:
     "What serving needs to rebuild and feed the network, plus how it was trained"
@@ -298,12 +352,12 @@ def model_config(learn:Learner, facts:dict) -> dict:
                 **{k: facts[k] for k in RECIPE_FACTS}, **{k: facts[k] for k in ('probe_lambda',) if k in facts},
                 created=utc_now())
 
-# %% ../nbs/07_train.ipynb #c070
+# %% ../nbs/07_train.ipynb #c083
 def _scores(ev:dict) -> dict:
     "Accuracy, loss and count of an evaluation, as `metrics.json` reports them"
     return dict(accuracy=round(ev['accuracy'], 4), loss=round(ev['nll'], 4), n=ev['n'])
 
-# %% ../nbs/07_train.ipynb #c072
+# %% ../nbs/07_train.ipynb #c085
 def run_metrics(learn:Learner, facts:dict, ev:dict) -> dict:
     "`metrics.json` of a run evaluated on its validation split (`ev`): recipe, timings, scores, image counts, versions"
     dls, vocab = learn.dls, list(learn.dls.vocab)
@@ -314,21 +368,7 @@ def run_metrics(learn:Learner, facts:dict, ev:dict) -> dict:
                             per_label={v: sum(1 for f in files if f.parent.name == v) for v in vocab}),
                 versions=package_versions(), torch_threads=torch.get_num_threads(), created=utc_now())
 
-# %% ../nbs/07_train.ipynb #c075
-def write_csv(path, rows, columns) -> Path:
-    "Write `rows` (dicts) with the header `columns` to the CSV file `path`, atomically"
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator='\n')
-    w.writeheader(); w.writerows(rows)
-    return atomic_write(path, buf.getvalue())
-
-# %% ../nbs/07_train.ipynb #c078
-def split_rows(dls) -> list[dict]:
-    "The rows of `split.csv`: every training and validation file (absolute), its label and `is_valid`"
-    return [dict(file=str(Path(f).resolve()), label=Path(f).parent.name, is_valid=int(v))
-            for v, ds in ((False, dls.train_ds), (True, dls.valid_ds)) for f in ds.items]
-
-# %% ../nbs/07_train.ipynb #c081
+# %% ../nbs/07_train.ipynb #c088
 def write_report(learn:Learner, facts:dict, out, test=None) -> dict:
     "Write the run folder `out` (export.pkl, model_config.json, split.csv, report/) for a trained `learn`"
     out = Path(out); rep = out/'report'; rep.mkdir(parents=True, exist_ok=True)
@@ -347,14 +387,16 @@ def write_report(learn:Learner, facts:dict, out, test=None) -> dict:
     save_show_batch(dls, rep/'show_batch.png', max_n=9, nrows=3)
     save_show_batch(dls, rep/'augmentation.png', unique=True, max_n=8, nrows=2)
     write_csv(out/'split.csv', split_rows(dls), ['file', 'label', 'is_valid'])
-    atomic_write(out/'model_config.json', json.dumps(model_config(learn, facts), indent=2))
-    metrics['report_seconds'] = round(time.perf_counter() - t0, 2)
-    metrics['recipe_facts'] = {k: v for k, v in facts.items() if k.startswith('probe') or k in ('wise_alpha', 'prior_labels', 'label_smoothing')}
-    atomic_write(rep/'metrics.json', json.dumps(metrics, indent=2))
     learn.export(out/'export.pkl')
+    # the run vouches for its pickle: bear-export unpickles export.pkl only when its sha256 matches
+    config = dict(model_config(learn, facts), export_sha256=sha256_file(out/'export.pkl'))
+    atomic_write(out/'model_config.json', json.dumps(config, indent=2))
+    metrics['report_seconds'] = round(time.perf_counter() - t0, 2)
+    metrics['recipe_facts'] = {k: v for k, v in facts.items() if k.startswith(('probe', 'wise')) or k in ('merged_prior', 'prior_labels', 'label_smoothing')}
+    atomic_write(rep/'metrics.json', json.dumps(metrics, indent=2))
     return metrics
 
-# %% ../nbs/07_train.ipynb #c084
+# %% ../nbs/07_train.ipynb #c091
 def train_run(root, out, recipe:str='default', test=None, seed:int=42, backbone:str=DEFAULT_BACKBONE,
               imagenet_map=None, force:bool=False, show_progress:bool=True, **overrides) -> dict:
     "Train on `root` with `recipe` and write the run folder `out`; returns the metrics"
@@ -368,18 +410,18 @@ def train_run(root, out, recipe:str='default', test=None, seed:int=42, backbone:
         replace_dir(tmp, out)
     return metrics
 
-# %% ../nbs/07_train.ipynb #c094
+# %% ../nbs/07_train.ipynb #c101
 @call_parse
 def bear_train(
     root:str,                 # Folder of images, one sub-folder per label (manifest honoured)
     out:str=None,             # Run folder to write (default runs/<recipe>-<UTC time>)
-    recipe:str='default',     # Recipe: default (ImageNet prior, LP-FT, WiSE-FT) or lesson (fastbook chapter 2)
+    recipe:str='default',     # Recipe: default (ImageNet prior, LP-FT, WiSE-FT, zero-shot merge), default-v1 or lesson (fastbook)
     epochs:int=None,          # Fine-tuning epochs (recipe default: default 2, lesson 4)
     test:str=None,            # Second-source test folder PATH/<label>/*, reported separately
     size:int=None,            # Image size (224)
     bs:int=None,              # Batch size (32)
     item_tfms:str=None,       # Per-image transform: rrc, crop, squish or pad
-    wise_alpha:float=None,    # WiSE-FT interpolation (default recipe 0.5; 1 = plain fine-tuned weights)
+    wise_alpha:str=None,      # WiSE-FT interpolation 0-1 (1 = plain fine-tuned weights) or auto (default: chosen on valid)
     imagenet_map:str=None,    # Label to ImageNet classes, e.g. "grizzly=294,black=295"; "none" disables the prior
     backbone:str=DEFAULT_BACKBONE, # Backbone: lite0, lite1 or lite2
     seed:int=42,              # Random seed (split and training)
@@ -388,6 +430,9 @@ def bear_train(
     "Train a classifier on ROOT and write a run folder with export.pkl, model_config.json, split.csv and report/"
     out = out or f"runs/{recipe}-{utc_stamp()}"
     try:
+        if wise_alpha not in (None, 'auto'):
+            try: wise_alpha = float(wise_alpha)
+            except ValueError: raise ValueError(f"--wise-alpha takes a number from 0 to 1 or auto, not {wise_alpha!r}") from None
         m = train_run(root, out, recipe=recipe, test=test, seed=seed, backbone=backbone, imagenet_map=imagenet_map, force=force,
                       epochs=epochs, size=size, bs=bs, item_tfms=item_tfms, wise_alpha=wise_alpha)
     except (DataError, BackboneError, FileExistsError, ValueError) as e: raise SystemExit(f"bear-train: {one_line(e)}")

@@ -47,6 +47,10 @@ def test_metrics_json_fields(small_run):
     assert set(m['versions']) >= {'torch', 'fastai', 'timm', 'bear_classifier'}
     cfg = json.loads((out/'model_config.json').read_text())
     assert cfg['vocab'] == ['black', 'grizzly', 'teddy'] and cfg['n_out'] == 3 and cfg['imagenet_map'] == {} and cfg['imagenet_prior'] is False
+    from bear_classifier.train import WISE_ALPHAS
+    # the default recipe chose WiSE's alpha on its validation split; nothing maps to ImageNet, so nothing was merged
+    assert cfg['wise_setting'] == 'auto' and cfg['wise_alpha'] in WISE_ALPHAS and cfg['merged_prior'] is False
+    assert set(m['recipe_facts']['wise_losses']) == {str(a) for a in WISE_ALPHAS}
     rows = (out/'report'/'per_class.csv').read_text().splitlines()
     assert rows[0] == 'split,label,precision,recall,f1,support' and len(rows) == 1 + 3 + 3
 
@@ -68,3 +72,17 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]    # earlier lines, if any, are library warnings at import
     assert last.startswith('bear-train: ') and 'is not a folder' in last and 'Traceback' not in r.stderr, r.stderr
+
+def test_recipes():
+    from bear_classifier.train import RECIPES, recipe_config
+    assert set(RECIPES) == {'lesson', 'default', 'default-v1'}
+    assert recipe_config('default-v1')['wise_alpha'] == 0.5 and recipe_config('default')['wise_alpha'] == 'auto'
+    assert not recipe_config('default')['merge_prior']     # the zero-shot merge is a measured option, off until measured
+    # default and default-v1 differ only in how they end (the bench shares one fine-tuning run between them)
+    same = lambda r: {k: v for k, v in RECIPES[r].items() if k not in ('wise_alpha', 'merge_prior')}
+    assert same('default') == same('default-v1')
+
+def test_bad_wise_alpha_is_one_line(tmp_path):
+    from bear_classifier.train import bear_train
+    with pytest.raises(SystemExit, match='bear-train: --wise-alpha takes a number from 0 to 1 or auto'):
+        bear_train(str(tmp_path), wise_alpha='half')
