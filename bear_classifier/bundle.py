@@ -7,6 +7,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/bundle.html.md"""
 # %% ../nbs/10_bundle.ipynb #c003
 from __future__ import annotations
 import json, logging, os, warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -15,13 +16,14 @@ from safetensors.torch import load_file, save_file
 
 from . import files
 from .core import create_backbone, create_model, DEFAULT_BACKBONE
-from .files import atomic_write, parse_utc, replace_dir, sha256_file, temp_dir
+from .files import atomic_write, parse_utc, remove_stale_temps, replace_dir, sha256_file, temp_dir
+from .journal import locked
 
 # %% auto #0
 __all__ = ['RESIZE_METHODS', 'NAB_PREFIX', 'GATE_PREFIX', 'ONNX_OUTPUTS', 'CARD', 'CARD_SCHEMA', 'CARD_REQUIRED', 'log',
            'BundleError', 'UnsafeModelError', 'item_transform', 'preprocessing_from_learner', 'imagenet_body',
            'BearNet', 'save_net', 'load_net', 'export_onnx', 'read_card', 'write_card', 'check_file', 'verify_bundle',
-           'install_bundle', 'list_bundles', 'latest_bundle', 'load_bundle_learner']
+           'install_bundle', 'building', 'list_bundles', 'latest_bundle', 'load_bundle_learner']
 
 # %% ../nbs/10_bundle.ipynb #c006
 class BundleError(RuntimeError):
@@ -93,18 +95,20 @@ def imagenet_body(backbone:str=DEFAULT_BACKBONE, pretrained:bool=True) -> nn.Mod
 
 # %% ../nbs/10_bundle.ipynb #c024
 class BearNet(nn.Module):
-    "`create_model`'s network plus the ImageNet bear score: returns (probs, bear_score, pooled features)"
-    def __init__(self, model:nn.Sequential, in_weight:torch.Tensor, in_bias:torch.Tensor, rows:list[int], gate:nn.Module|None=None):
+    "`create_model`'s network plus the ImageNet mass when given its classifier: returns (probs, bear_score, pooled features)"
+    def __init__(self, model:nn.Sequential, in_weight:torch.Tensor|None=None, in_bias:torch.Tensor|None=None, rows=(),
+                 gate:nn.Module|None=None):
         super().__init__()
         self.body, self.head, self.gate = model[0], model[1], gate
-        self.register_buffer('in_weight', in_weight.float())
-        self.register_buffer('in_bias', in_bias.float())
-        self.register_buffer('rows', torch.tensor(rows, dtype=torch.long))
+        self.register_buffer('in_weight', None if in_weight is None else in_weight.float())
+        self.register_buffer('in_bias', None if in_bias is None else in_bias.float())
+        self.register_buffer('rows', torch.tensor(list(rows), dtype=torch.long))
     def forward(self, x, xg=None):
         "`x`: the model's input batch; `xg`: the gate's input batch (default `x`)"
         f = self.body(x)
         probs = self.head(f).softmax(-1)
         pooled = f.mean((2, 3))
+        if self.in_weight is None: return probs, pooled[:, 0] * 0, pooled     # no ImageNet classifier: a zero score
         g = pooled if self.gate is None else self.gate(x if xg is None else xg).mean((2, 3))
         z = g @ self.in_weight.t() + self.in_bias
         return probs, z.index_select(1, self.rows).logsumexp(1) - z.logsumexp(1), pooled
@@ -116,26 +120,29 @@ GATE_PREFIX = NAB_PREFIX + 'gate.'
 def save_net(net:BearNet, path):
     "Write a `BearNet` to safetensors: the `create_model` state dict, the ImageNet classifier, the gate if any"
     sd = {k: v.detach().contiguous().clone() for k, v in nn.Sequential(net.body, net.head).state_dict().items()}
-    sd[NAB_PREFIX+'weight'], sd[NAB_PREFIX+'bias'] = net.in_weight.contiguous().clone(), net.in_bias.contiguous().clone()
+    if net.in_weight is not None:
+        sd[NAB_PREFIX+'weight'], sd[NAB_PREFIX+'bias'] = net.in_weight.contiguous().clone(), net.in_bias.contiguous().clone()
     if net.gate is not None: sd.update({GATE_PREFIX+k: v.detach().contiguous().clone() for k, v in net.gate.state_dict().items()})
     save_file(sd, str(path), metadata={'format': 'pt', 'model': 'bear_classifier.core.create_model'})
 
 # %% ../nbs/10_bundle.ipynb #c031
 def load_net(bundle, card:dict|None=None) -> BearNet:
     "Rebuild a bundle's `BearNet` from its card and safetensors weights (no unpickling)"
-    bundle = Path(bundle)
+    bundle = Path(bundle); p = bundle/'model.safetensors'
     card = card or read_card(bundle)
-    sd = load_file(str(bundle/'model.safetensors'))
-    in_w, in_b = sd.pop(NAB_PREFIX+'weight'), sd.pop(NAB_PREFIX+'bias')
+    try: sd = load_file(str(p))
+    except Exception as e: raise BundleError(f"{p} cannot be read as safetensors ({type(e).__name__}); re-export the model") from None
+    in_w, in_b = sd.pop(NAB_PREFIX+'weight', None), sd.pop(NAB_PREFIX+'bias', None)
     gsd = {k[len(GATE_PREFIX):]: sd.pop(k) for k in list(sd) if k.startswith(GATE_PREFIX)}
     arch = card['architecture']
     model = create_model(arch['backbone'], arch['n_out'], arch['head'], arch['ps'], pretrained=False)
-    model.load_state_dict(sd, strict=True)
-    gate = None
-    if gsd:
-        gate = imagenet_body(arch['backbone'], pretrained=False)
-        gate.load_state_dict(gsd, strict=True)
-    return BearNet(model, in_w, in_b, card['not_a_bear']['imagenet_rows'], gate=gate).eval()
+    gate = None if not gsd else imagenet_body(arch['backbone'], pretrained=False)
+    try:
+        model.load_state_dict(sd, strict=True)
+        if gate is not None: gate.load_state_dict(gsd, strict=True)
+    except RuntimeError as e: raise BundleError(f"{p} does not fit the card's architecture {arch}: {str(e).splitlines()[0]}") from None
+    rows = (card['none_of_these'].get('imagenet_rows') or ()) if in_w is not None else ()
+    return BearNet(model, in_w, in_b, rows, gate=gate).eval()
 
 # %% ../nbs/10_bundle.ipynb #c034
 ONNX_OUTPUTS = ('probs', 'bear_score', 'features')
@@ -156,15 +163,18 @@ def export_onnx(net:BearNet, size, path, gate_size=None, opset:int=17):
 
 # %% ../nbs/10_bundle.ipynb #c037
 CARD = 'model.json'
-CARD_SCHEMA = 1
-CARD_REQUIRED = ('vocab', 'architecture', 'input', 'normalization', 'not_a_bear', 'files', 'created')
+CARD_SCHEMA = 2
+CARD_REQUIRED = ('vocab', 'architecture', 'input', 'normalization', 'none_of_these', 'files', 'created')
 
 def read_card(bundle) -> dict:
-    "The parsed `model.json` of `bundle`, with a clear error when it is missing or broken"
+    "The parsed `model.json` of `bundle` (a schema-1 card's `not_a_bear` read as `none_of_these`), with a clear error when it is missing or broken"
     p = Path(bundle)/CARD
     if not p.is_file(): raise BundleError(f"{bundle} is not a model bundle: {CARD} is missing")
     try: card = json.loads(p.read_text())
     except (OSError, ValueError) as e: raise BundleError(f"{p} is not valid JSON ({e}); re-export the model") from None
+    if not isinstance(card, dict): raise BundleError(f"{p} is not a JSON object: not a bear_classifier model card (re-export it)")
+    if 'none_of_these' not in card and 'not_a_bear' in card:
+        card['none_of_these'] = dict(card.pop('not_a_bear'), method='imagenet_mass')    # schema 1
     for k in CARD_REQUIRED:
         if k not in card: raise BundleError(f"{p} has no {k!r}: not a bear_classifier model card (re-export it)")
     return card
@@ -215,6 +225,16 @@ def install_bundle(tmp:Path, dest:Path) -> Path:
     return replace_dir(tmp, dest)
 
 # %% ../nbs/10_bundle.ipynb #c054
+@contextmanager
+def building(models_dir):
+    "Hold `models_dir`'s build lock inside the block, after removing what killed builds left there (`.tmp-*`)"
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with locked(models_dir/'.build.lock'):
+        remove_stale_temps(models_dir, min_age_s=0)   # under the lock no build is running: every temp is a dead one's
+        yield models_dir
+
+# %% ../nbs/10_bundle.ipynb #c057
 log = logging.getLogger('bear_classifier')
 
 def list_bundles(models_root=None) -> list[tuple[Path, dict]]:
@@ -228,7 +248,7 @@ def list_bundles(models_root=None) -> list[tuple[Path, dict]]:
         except BundleError as e: warnings.warn(f"skipping {d}: {e}")
     return sorted(out, key=lambda pc: (pc[1].get('kind') != 'starter', parse_utc(pc[1]['created'])), reverse=True)
 
-# %% ../nbs/10_bundle.ipynb #c056
+# %% ../nbs/10_bundle.ipynb #c059
 def latest_bundle(models_root=None) -> Path|None:
     "The newest trained bundle under `models_root` (by its card's `created`), else the newest starter, else None"
     bs = list_bundles(models_root)
@@ -237,7 +257,7 @@ def latest_bundle(models_root=None) -> Path|None:
     log.info("latest bundle under %s: %s (%s, created %s, %d bundle(s) found)", p.parent, p.name, card.get('kind'), card['created'], len(bs))
     return p
 
-# %% ../nbs/10_bundle.ipynb #c059
+# %% ../nbs/10_bundle.ipynb #c062
 def load_bundle_learner(bundle, trust:bool=False, cpu:bool=True):
     "`load_learner` on `bundle/export.pkl`, refused unless its sha256 matches the card or `trust=True`"
     from fastai.learner import load_learner

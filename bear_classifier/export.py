@@ -1,4 +1,4 @@
-"""`export_bundle` packages a run as `models/<name>/` (calibrated "not a bear", parity checked), `build_starter` makes the offline starter, and `bear-export`, `bear-starter`, `bear-predict` do both from the command line.
+"""`export_bundle` packages a run as `models/<name>/` (calibrated "none of these", parity checked), `build_starter` makes the offline starter, and `bear-export`, `bear-starter`, `bear-predict` do both from the command line.
 
 Docs: https://bear-classifier.github.io/bear_classifier/export.html.md"""
 
@@ -17,74 +17,28 @@ import fastai.callback.progress       # patches Learner.no_bar, which load_learn
 
 from . import files
 from .core import (
-    create_backbone, create_model, create_model_head, efficientnet_lite0, package_photos, package_versions,
-    IMAGENET_BEAR_CLASSES, DEFAULT_BACKBONE, BackboneError)
-from .files import remove_stale_temps, sha256_bytes, sha256_file, temp_dir, utc_now
+    create_model, create_model_head, efficientnet_lite0, package_photos, package_versions, IMAGENET_BEAR_CLASSES,
+    DEFAULT_BACKBONE, BackboneError)
+from .files import sha256_bytes, sha256_file, temp_dir, utc_now
 from .bundle import (
-    BundleError, BearNet, CARD_SCHEMA, export_onnx, imagenet_body, install_bundle, latest_bundle, load_bundle_learner,
-    preprocessing_from_learner, read_card, save_net, write_card)
+    BundleError, UnsafeModelError, BearNet, CARD_SCHEMA, building, export_onnx, imagenet_body, install_bundle, latest_bundle,
+    load_bundle_learner, preprocessing_from_learner, read_card, save_net, write_card)
+from .ood import (
+    BANK_FILE, KNN_K, MASS_CEIL, MASS_FLOOR, NONE_QUANTILE, body_is_pretrained, calibrate, gate_input, imagenet_classifier,
+    imagenet_rows_for, save_bank, shares_body)
 from .images import ImageError
-from .inference import Predictor, Prediction
+from .inference import Predictor, Prediction, none_text
 from .predlog import NOT_A_BEAR, PredictionLog
 
 # %% auto #0
-__all__ = ['GATE_INPUT', 'WISE_SHARED_MAX', 'NAB_METHOD', 'NAB_QUANTILE', 'NAB_FLOOR', 'NAB_CEIL', 'CONFIDENCE_SAMPLE',
-           'PARITY_TOL', 'STARTER_VOCAB', 'STARTER_SIZE', 'STARTER_THRESHOLD', 'log', 'bear_rows',
-           'imagenet_classifier', 'gate_input', 'body_is_pretrained', 'shares_body', 'calibrate_threshold',
+__all__ = ['DETECTORS', 'CONFIDENCE_SAMPLE', 'PARITY_TOL', 'STARTER_VOCAB', 'STARTER_SIZE', 'STARTER_THRESHOLD', 'log',
            'data_hashes', 'validation_summary', 'check_parity', 'check_onnx_parity', 'starter_learner', 'build_starter',
-           'export_bundle', 'ensure_bundle', 'bear_export', 'bear_starter', 'bear_predict']
+           'check_run_pickle', 'export_bundle', 'ensure_bundle', 'bear_export', 'bear_starter', 'bear_predict']
 
 # %% ../nbs/12_export.ipynb #c006
-def bear_rows(vocab) -> list[int]:
-    "ImageNet classifier rows that count as 'one of our bears' for `vocab`"
-    missing = [v for v in vocab if v not in IMAGENET_BEAR_CLASSES]
-    if missing: raise BundleError(f"no ImageNet classes known for labels {missing}; known: {list(IMAGENET_BEAR_CLASSES)}")
-    return sorted({r for v in vocab for r in IMAGENET_BEAR_CLASSES[v]})
+DETECTORS = ('knn', 'imagenet_mass')
 
-# %% ../nbs/12_export.ipynb #c008
-def imagenet_classifier(backbone:str=DEFAULT_BACKBONE) -> tuple[torch.Tensor, torch.Tensor]:
-    "The pretrained ImageNet classifier's weight (1000×nf) and bias"
-    fc = create_backbone(backbone, pretrained=True).get_classifier()
-    return fc.weight.detach().clone(), fc.bias.detach().clone()
-
-# %% ../nbs/12_export.ipynb #c011
-GATE_INPUT = dict(size=[224, 224], resize_method='crop', pad_mode='reflection', resample='bilinear')
-
-def gate_input(inp:dict) -> dict:
-    "The gate's preprocessing for a model whose input is `inp`: the same when it is 224 px, else `GATE_INPUT`"
-    return dict(inp) if list(inp['size']) == GATE_INPUT['size'] else dict(GATE_INPUT)
-
-# %% ../nbs/12_export.ipynb #c013
-def body_is_pretrained(model:nn.Sequential, backbone:str=DEFAULT_BACKBONE) -> bool:
-    "Whether `model`'s body still holds the ImageNet weights (and batch-norm statistics) unchanged"
-    ref = imagenet_body(backbone).state_dict()
-    sd = model[0].state_dict()
-    return sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
-
-# %% ../nbs/12_export.ipynb #c015
-WISE_SHARED_MAX = 0.5   # WiSE-FT weights up to which a body keeps ImageNet's view of the world (measured above)
-
-def shares_body(model:nn.Sequential, config:dict|None=None, backbone:str=DEFAULT_BACKBONE) -> bool:
-    "Whether the bear score may use `model`'s own body: ImageNet's weights, or a WiSE-FT body at most `WISE_SHARED_MAX` from them"
-    if body_is_pretrained(model, backbone): return True
-    a = (config or {}).get('wise_alpha')
-    return a is not None and float(a) <= WISE_SHARED_MAX
-
-# %% ../nbs/12_export.ipynb #c018
-NAB_METHOD = 'imagenet_bear_mass'
-NAB_QUANTILE = 0.02
-NAB_FLOOR, NAB_CEIL = math.log(0.005), math.log(0.5)
-
-def calibrate_threshold(scores, q:float=NAB_QUANTILE) -> tuple[float, dict]:
-    "Threshold on `bear_score` from in-domain validation `scores`, and how it was derived"
-    s = np.asarray(scores, dtype=np.float64)
-    if s.size == 0: raise BundleError("cannot calibrate 'not a bear': the validation split has no readable images")
-    raw = float(np.quantile(s, q))
-    t = float(min(max(raw, NAB_FLOOR), NAB_CEIL))
-    return t, dict(source='validation split', n=int(s.size), quantile=q, raw_threshold=raw, floor=NAB_FLOOR, ceil=NAB_CEIL,
-                   rejected_on_validation=float((s < t).mean()))
-
-# %% ../nbs/12_export.ipynb #c021
+# %% ../nbs/12_export.ipynb #c009
 def _read_split(run_dir:Path) -> list[dict]:
     "The rows of `run_dir/split.csv`, with `file` as a Path (relative ones under `run_dir`) and `is_valid` as a bool"
     p = run_dir/'split.csv'
@@ -96,7 +50,7 @@ def _read_split(run_dir:Path) -> list[dict]:
         r['is_valid'] = files.str2bool(r['is_valid'], 'is_valid')
     return rows
 
-# %% ../nbs/12_export.ipynb #c022
+# %% ../nbs/12_export.ipynb #c010
 def data_hashes(run_dir:Path, rows:list[dict], config:dict) -> dict:
     "Hashes that identify the training data: split.csv, the data root's manifest.csv, and every file's content+label"
     lines = [f"{Path(r['file']).name}\t{r['label']}\t{int(r['is_valid'])}\t"
@@ -111,7 +65,7 @@ def data_hashes(run_dir:Path, rows:list[dict], config:dict) -> dict:
             if m.is_file(): out.update(manifest=str(m), manifest_sha256=sha256_file(m)); return out
     return out
 
-# %% ../nbs/12_export.ipynb #c025
+# %% ../nbs/12_export.ipynb #c013
 CONFIDENCE_SAMPLE = 5000     # most validation confidences a card keeps (evenly spaced over their sorted values)
 
 def _confidences(conf:np.ndarray) -> list[float]:
@@ -120,7 +74,7 @@ def _confidences(conf:np.ndarray) -> list[float]:
     if len(c) > CONFIDENCE_SAMPLE: c = c[np.linspace(0, len(c) - 1, CONFIDENCE_SAMPLE).round().astype(int)]
     return [round(float(x), 4) for x in c]
 
-# %% ../nbs/12_export.ipynb #c028
+# %% ../nbs/12_export.ipynb #c016
 def validation_summary(preds, labels=None) -> dict:
     "Label mix, answer counts, confidences, accuracy and score quantiles of `Prediction`s: the monitoring reference"
     ok = [p for p in preds if not isinstance(p, Exception)]
@@ -139,7 +93,7 @@ def validation_summary(preds, labels=None) -> dict:
         out['true_label_mix'] = {v: float(np.mean([l == v for _, l in pairs])) for v in vocab}
     return out
 
-# %% ../nbs/12_export.ipynb #c031
+# %% ../nbs/12_export.ipynb #c019
 PARITY_TOL = 1e-3
 
 def check_parity(predictor:Predictor, learn, items, tol:float=PARITY_TOL) -> dict:
@@ -155,7 +109,7 @@ def check_parity(predictor:Predictor, learn, items, tol:float=PARITY_TOL) -> dic
         diffs.append(d_)
     return dict(n=len(diffs), max_abs_diff=max(diffs) if diffs else None, tol=tol)
 
-# %% ../nbs/12_export.ipynb #c032
+# %% ../nbs/12_export.ipynb #c020
 def check_onnx_parity(bundle:Path, items, tol:float=PARITY_TOL) -> dict:
     "Max |ONNX - PyTorch| of the bundle's probabilities over `items`; raise when above `tol` or labels differ"
     a, b = (Predictor.load(bundle, backend=be).predict_batch(items) for be in ('torch', 'onnx'))
@@ -166,57 +120,67 @@ def check_onnx_parity(bundle:Path, items, tol:float=PARITY_TOL) -> dict:
         raise BundleError(f"ONNX and PyTorch disagree (max |diff| {d_:.2g}); re-export without ONNX (onnx=False)")
     return dict(n=len(items), max_abs_diff=d_, max_score_diff=ds, tol=tol)
 
-# %% ../nbs/12_export.ipynb #c034
+# %% ../nbs/12_export.ipynb #c022
 def _onnx_available() -> bool:
     "Whether both the ONNX exporter's and ONNX Runtime's packages are installed"
     try: import onnxruntime, onnx; return True
     except ImportError: return False
 
-# %% ../nbs/12_export.ipynb #c035
-def _calibrate(pred:Predictor, card:dict, items, labels=None) -> dict:
-    "Calibrate `card`'s threshold on `pred`'s scores of `items` and summarise its answers there; returns the card"
-    preds = pred.predict_batch(list(items))
-    t, info = calibrate_threshold([p.score for p in preds if not isinstance(p, Exception)])
-    card['not_a_bear'].update(threshold=t, calibration=dict(card['not_a_bear'].get('calibration', {}), **info))
+# %% ../nbs/12_export.ipynb #c024
+def _add_bank(tmp:Path, card:dict, items) -> dict:
+    "Write the kNN feature bank of the training `items` into `tmp` through its Predictor; returns the card, hashed again"
+    feats, bad = Predictor.load(tmp, backend='torch').embed_batch(list(items))
+    if not len(feats): raise BundleError("the run lists no readable training images for the 'none of these' feature bank")
+    save_bank(feats, tmp/BANK_FILE)
+    nab = card['none_of_these']
+    nab.update(bank=BANK_FILE, bank_n=len(feats), bank_unreadable=bad, k=min(int(nab.get('k') or KNN_K), len(feats)))
+    return write_card(tmp, card)
+
+# %% ../nbs/12_export.ipynb #c026
+def _calibrate(pred:Predictor, card:dict, items, labels=None, q:float=NONE_QUANTILE) -> dict:
+    "Calibrate `card`'s 'none of these' threshold on `pred`'s scores of `items` and summarise its answers there; returns the card"
+    preds, nab = pred.predict_batch(list(items)), card['none_of_these']
+    clamp = dict(floor=MASS_FLOOR, ceil=MASS_CEIL) if nab['method'] == 'imagenet_mass' else {}
+    t, info = calibrate([p.score for p in preds if not isinstance(p, Exception)], q, **clamp)
+    nab.update(threshold=t, calibration=dict(nab.get('calibration', {}), **info, k=nab.get('k')))
     pred.threshold = t
     card['validation'] = validation_summary([p if isinstance(p, Exception) else p.with_threshold(t) for p in preds], labels)
-    if info['rejected_on_validation'] > 2 * NAB_QUANTILE:
-        warnings.warn(f"'not a bear' rejects {info['rejected_on_validation']:.0%} of the validation images at its floor "
-                      f"threshold: many validation images do not look like our bears to ImageNet (mislabelled or off-topic "
-                      f"data?); see the cleaning notebook")
+    if info['rejected_on_validation'] > 2 * q and info['n'] * q >= 2:    # a small split cannot hit 2% exactly
+        warnings.warn(f"'none of these' rejects {info['rejected_on_validation']:.0%} of the validation images (asked for {q:.0%}): "
+                      "many validation photos look unlike the training photos (mislabelled or off-topic data?); see the cleaning notebook")
     return card
 
-# %% ../nbs/12_export.ipynb #c036
+# %% ../nbs/12_export.ipynb #c027
 def _finish_bundle(tmp:Path, card:dict, net:BearNet, calib_items, labels=None, learn=None, parity_items=(), onnx=True,
-                   fixed_threshold=None, flag_items=()) -> dict:
-    "Write ONNX into `tmp`, calibrate through the Predictor, check parity (and that `flag_items` are flagged), write the card"
-    card['not_a_bear']['threshold'] = fixed_threshold if fixed_threshold is not None else 0.0   # provisional
-    size, g = card['input']['size'], card['not_a_bear'].get('gate_input')
+                   fixed_threshold=None, flag_items=(), bank_items=(), q:float=NONE_QUANTILE) -> dict:
+    "ONNX, feature bank, calibration and parity checks through the Predictor on `tmp` (and that `flag_items` are flagged); the card"
+    card['none_of_these']['threshold'] = fixed_threshold if fixed_threshold is not None else 0.0   # provisional
+    size, g = card['input']['size'], card['none_of_these'].get('gate_input')
     if onnx and _onnx_available(): export_onnx(net, size, tmp/'model.onnx', gate_size=g['size'] if g else None)
     card = write_card(tmp, card)
+    if card['none_of_these']['method'] == 'knn': card = _add_bank(tmp, card, bank_items)
     pred = Predictor.load(tmp, backend='torch')
-    if fixed_threshold is None: card = _calibrate(pred, card, calib_items, labels)
+    if fixed_threshold is None: card = _calibrate(pred, card, calib_items, labels, q)
     checks = card.setdefault('checks', {})
     if learn is not None and parity_items: checks['parity_learn_predict'] = check_parity(pred, learn, parity_items)
     if (tmp/'model.onnx').exists(): checks['parity_onnx'] = check_onnx_parity(tmp, list(parity_items or calib_items)[:8])
     if flag_items:
         flagged = [not p.in_domain for p in pred.predict_batch(flag_items)]
         checks['sample_photos_flagged'] = dict(n=len(flagged), flagged=int(sum(flagged)),
-                                               what='photos shipped in scikit-image/scikit-learn, none a bear')
+                                               what='photos shipped in scikit-image/scikit-learn, none of our labels')
     return write_card(tmp, card)
 
-# %% ../nbs/12_export.ipynb #c038
+# %% ../nbs/12_export.ipynb #c029
 def _build(dest_dir:Path, card:dict, net:BearNet, write_pickle, **finish) -> tuple[Path, dict]:
     "Assemble the bundle `dest_dir`: `write_pickle(path)` writes `export.pkl`, then weights, checks and card; (path, card)"
-    remove_stale_temps(dest_dir.parent)
-    with temp_dir(dest_dir.parent, prefix=dest_dir.name) as tmp:
+    with building(dest_dir.parent), temp_dir(dest_dir.parent, prefix=dest_dir.name) as tmp:
         write_pickle(tmp/'export.pkl')
         save_net(net, tmp/'model.safetensors')
         card = dict(card, version=sha256_file(tmp/'model.safetensors')[:12], created=utc_now())
         card = _finish_bundle(tmp, card, net, **finish)
         return install_bundle(tmp, dest_dir), card
 
-# %% ../nbs/12_export.ipynb #c040
+# %% ../nbs/12_export.ipynb #c031
 STARTER_VOCAB = ['black', 'grizzly', 'teddy']     # fastai's CategoryBlock sorts its vocab
 STARTER_SIZE = 224
 
@@ -238,15 +202,15 @@ def starter_learner(size:int=STARTER_SIZE):
             fc.weight[i], fc.bias[i] = W[row], b[row]
     return learn
 
-# %% ../nbs/12_export.ipynb #c042
+# %% ../nbs/12_export.ipynb #c033
 STARTER_THRESHOLD = math.log(0.05)
 
 def _starter_card(name:str, pre:dict, arch:dict, rows:list[int]) -> dict:
     "The starter's model card, before its files are hashed"
     return dict(schema=CARD_SCHEMA, name=name, kind='starter', version=None, created=None,
-                vocab=list(STARTER_VOCAB), architecture=arch, **pre, metrics=None,
-                not_a_bear=dict(method=NAB_METHOD, imagenet_rows=rows, threshold=STARTER_THRESHOLD, features='model body',
-                                calibration=dict(source='fixed', mass=0.05,
+                vocab=list(STARTER_VOCAB), task='bear', architecture=arch, **pre, metrics=None,
+                none_of_these=dict(method='imagenet_mass', imagenet_rows=rows, threshold=STARTER_THRESHOLD, features='model body',
+                                calibration=dict(method='fixed', source='fixed', mass=0.05, threshold=STARTER_THRESHOLD,
                                                  why='starter: no validation split. In domain when the ImageNet classifier '
                                                      'gives our three classes at least 5% of its probability (~17x their '
                                                      'uniform share); chosen on the training-side reference bears, where it '
@@ -255,12 +219,12 @@ def _starter_card(name:str, pre:dict, arch:dict, rows:list[int]) -> dict:
                 run=dict(dir=None, config=dict(source='ImageNet classifier rows', rows={l: IMAGENET_BEAR_CLASSES[l] for l in STARTER_VOCAB})),
                 checks={})
 
-# %% ../nbs/12_export.ipynb #c044
+# %% ../nbs/12_export.ipynb #c035
 def _models_dir(dest) -> Path:
     "`dest`, or `files.models_root()` (`BEAR_MODELS`, else `models/` in the project) when None"
     return Path(dest) if dest is not None else files.models_root()
 
-# %% ../nbs/12_export.ipynb #c047
+# %% ../nbs/12_export.ipynb #c038
 def build_starter(dest=None, name:str='starter', onnx:bool=True) -> Path:
     "Build the offline starter bundle `dest/name` (default `files.models_root()`) from ImageNet's bear rows; returns its path"
     learn = starter_learner()
@@ -270,14 +234,14 @@ def build_starter(dest=None, name:str='starter', onnx:bool=True) -> Path:
     model = create_model(**arch, pretrained=False)
     model.load_state_dict(learn.model.state_dict(), strict=True)
     W, b = imagenet_classifier()
-    rows = bear_rows(STARTER_VOCAB)
+    rows = imagenet_rows_for(STARTER_VOCAB)
     net = BearNet(model.eval(), W, b, rows).eval()
     photos = list(package_photos().values())
     out, _ = _build(_models_dir(dest)/name, _starter_card(name, pre, arch, rows), net, learn.export, calib_items=photos,
                     learn=learn, parity_items=photos, onnx=onnx, fixed_threshold=STARTER_THRESHOLD, flag_items=photos)
     return out
 
-# %% ../nbs/12_export.ipynb #c055
+# %% ../nbs/12_export.ipynb #c046
 def _run_config(run_dir:Path) -> dict:
     "`run_dir/model_config.json`, after checking that the run has the files and fields a bundle needs"
     pkl, cfg_p = run_dir/'export.pkl', run_dir/'model_config.json'
@@ -288,10 +252,25 @@ def _run_config(run_dir:Path) -> dict:
     if missing: raise BundleError(f"{cfg_p} lacks {missing}")
     return config
 
-# %% ../nbs/12_export.ipynb #c056
-def _run_learner(run_dir:Path, config:dict) -> tuple:
-    "(learner, card preprocessing) of the run, checked against its `config`"
-    learn = load_bundle_learner(run_dir, trust=True)      # the run folder is this machine's own training output
+# %% ../nbs/12_export.ipynb #c048
+def check_run_pickle(run_dir, config:dict, trust:bool=False) -> Path:
+    "`run_dir/export.pkl` once its sha256 equals the run's `export_sha256`; `UnsafeModelError` otherwise, unless `trust`"
+    p = Path(run_dir)/'export.pkl'
+    if trust: return p
+    want = config.get('export_sha256')
+    if not want:
+        raise UnsafeModelError(f"refusing to unpickle {p} (a pickle can run any code): model_config.json has no export_sha256 "
+                               "to vouch for it; re-run bear-train, or pass --trust if you made this run yourself")
+    if sha256_file(p) != want:
+        raise UnsafeModelError(f"refusing to unpickle {p}: its sha256 does not match export_sha256 in model_config.json "
+                               "(modified or swapped?); re-run bear-train")
+    return p
+
+# %% ../nbs/12_export.ipynb #c049
+def _run_learner(run_dir:Path, config:dict, trust:bool=False) -> tuple:
+    "(learner, card preprocessing) of the run, its pickle checked first, then checked against its `config`"
+    check_run_pickle(run_dir, config, trust)
+    learn = load_bundle_learner(run_dir, trust=True)      # vouched for by the run's export_sha256 (or by the caller)
     vocab = [str(v) for v in learn.dls.vocab]
     if vocab != [str(v) for v in config['vocab']]: raise BundleError(f"vocab of export.pkl {vocab} != model_config.json {config['vocab']}")
     pre = preprocessing_from_learner(learn)
@@ -301,57 +280,73 @@ def _run_learner(run_dir:Path, config:dict) -> tuple:
             raise BundleError(f"export.pkl resizes to {pre['input']['size']} but model_config.json says size {config['size']}")
     return learn, pre
 
-# %% ../nbs/12_export.ipynb #c057
-def _run_network(learn, config:dict) -> tuple[BearNet, dict]:
-    "(`BearNet`, architecture) for the run: its weights in `create_model`, a gate unless its body may score"
+# %% ../nbs/12_export.ipynb #c051
+def _run_network(learn, config:dict, detector:str='knn') -> tuple[BearNet, dict]:
+    "(`BearNet`, architecture) for the run: its weights in `create_model`, plus what `detector` needs"
+    if detector not in DETECTORS: raise BundleError(f"unknown detector {detector!r}; use one of {DETECTORS}")
     arch = dict(backbone=config['backbone'], n_out=int(config['n_out']), head=config['head'], ps=float(config['ps']))
     model = create_model(**arch, pretrained=False)
     try: model.load_state_dict(learn.model.state_dict(), strict=True)
     except RuntimeError as e: raise BundleError(f"the run's network does not match create_model({arch}): {str(e).splitlines()[0]}") from None
+    if detector == 'knn': return BearNet(model.eval()).eval(), arch
+    rows = imagenet_rows_for(config['vocab'])
+    if rows is None: raise BundleError(f"detector 'imagenet_mass' needs ImageNet classes for the labels {config['vocab']}, "
+                                       "and none are known; use the default detector 'knn'")
     W, b = imagenet_classifier(arch['backbone'])
     gate = None if shares_body(model, config, arch['backbone']) else imagenet_body(arch['backbone'])
-    return BearNet(model.eval(), W, b, bear_rows(config['vocab']), gate=gate).eval(), arch
+    return BearNet(model.eval(), W, b, rows, gate=gate).eval(), arch
 
-# %% ../nbs/12_export.ipynb #c058
+# %% ../nbs/12_export.ipynb #c052
 def _features(net:BearNet, config:dict, backbone:str) -> str:
-    "What the card's `not_a_bear.features` says feeds the ImageNet classifier"
+    "What the card's `none_of_these.features` says feeds the ImageNet classifier"
     if net.gate is not None: return 'gate: frozen ImageNet body'
     if body_is_pretrained(nn.Sequential(net.body, net.head), backbone): return 'model body'
     return f"model body (WiSE-FT, wise_alpha {config.get('wise_alpha')})"
 
-# %% ../nbs/12_export.ipynb #c059
-def _trained_card(run_dir:Path, name:str, pre:dict, net:BearNet, arch:dict, config:dict, split:list[dict]) -> dict:
+# %% ../nbs/12_export.ipynb #c054
+def _detector_card(detector:str, net:BearNet, config:dict, pre:dict, k:int=KNN_K) -> dict:
+    "The card's `none_of_these` for `detector`, before its bank and calibration"
+    if detector == 'knn':
+        return dict(method='knn', k=int(k), bank=None, threshold=None,
+                    features="the served network's average-pooled body features, L2-normalised",
+                    calibration=dict(why='in domain iff score >= threshold; score = cosine similarity to the k-th most '
+                                         'similar training photo (feature bank), Sun et al. 2022'))
+    return dict(method='imagenet_mass', imagenet_rows=net.rows.tolist(), threshold=None,
+                features=_features(net, config, config['backbone']),
+                gate_input=None if net.gate is None else gate_input(pre['input']),
+                calibration=dict(why='in domain iff score >= threshold; score = log of the ImageNet classifier '
+                                     'probability mass on the rows of our labels'))
+
+# %% ../nbs/12_export.ipynb #c055
+def _trained_card(run_dir:Path, name:str, pre:dict, arch:dict, config:dict, split:list[dict], nab:dict, task=None) -> dict:
     "A trained bundle's model card, before calibration and before its files are hashed"
     metrics_p = run_dir/'report'/'metrics.json'
     return dict(schema=CARD_SCHEMA, name=name, kind='trained', version=None, created=None,
-                vocab=[str(v) for v in config['vocab']], architecture=arch, **pre,
-                metrics=json.loads(metrics_p.read_text()) if metrics_p.is_file() else None,
-                not_a_bear=dict(method=NAB_METHOD, imagenet_rows=net.rows.tolist(), threshold=None,
-                                features=_features(net, config, arch['backbone']),
-                                gate_input=None if net.gate is None else gate_input(pre['input']),
-                                calibration=dict(why='in domain iff bear_score >= threshold; bear_score = log of the ImageNet '
-                                                 'classifier probability mass on the rows of our labels')),
+                vocab=[str(v) for v in config['vocab']], task=task or config.get('task'), architecture=arch, **pre,
+                metrics=json.loads(metrics_p.read_text()) if metrics_p.is_file() else None, none_of_these=nab,
                 validation=None, data=data_hashes(run_dir, split, config), packages=package_versions(),
                 run=dict(dir=str(run_dir.resolve()), config=config), checks={})
 
-# %% ../nbs/12_export.ipynb #c060
+# %% ../nbs/12_export.ipynb #c056
 log = logging.getLogger('bear_classifier')
 
-def export_bundle(run_dir, dest=None, name:str|None=None, onnx:bool=True, n_parity:int=8) -> Path:
+def export_bundle(run_dir, dest=None, name:str|None=None, onnx:bool=True, n_parity:int=8, detector:str='knn',
+                  task:str|None=None, trust:bool=False, q:float=NONE_QUANTILE, k:int=KNN_K) -> Path:
     "Package training folder `run_dir` as the bundle `dest/name` (default: `files.models_root()`, the run's name); returns its path"
     run_dir = Path(run_dir)
     config = _run_config(run_dir)
-    learn, pre = _run_learner(run_dir, config)
-    net, arch = _run_network(learn, config)
+    learn, pre = _run_learner(run_dir, config, trust)
+    net, arch = _run_network(learn, config, detector)
     split = _read_split(run_dir)
     valid = [r for r in split if r['is_valid'] and Path(r['file']).is_file()]
-    if not valid: raise BundleError(f"{run_dir/'split.csv'} lists no existing validation images to calibrate 'not a bear' on")
-    name = name or run_dir.name
-    items = [Path(r['file']) for r in valid]
-    out, card = _build(_models_dir(dest)/name, _trained_card(run_dir, name, pre, net, arch, config, split), net,
-                       lambda p: shutil.copy2(run_dir/'export.pkl', p), calib_items=items, labels=[r['label'] for r in valid],
-                       learn=learn, parity_items=items[:n_parity], onnx=onnx)
-    log.info("exported %s -> %s (threshold %.3f)", run_dir, out, card['not_a_bear']['threshold'])
+    if not valid: raise BundleError(f"{run_dir/'split.csv'} lists no existing validation images to calibrate 'none of these' on")
+    name, items = name or run_dir.name, [Path(r['file']) for r in valid]
+    train = [Path(r['file']) for r in split if not r['is_valid'] and Path(r['file']).is_file()]
+    card = _trained_card(run_dir, name, pre, arch, config, split, _detector_card(detector, net, config, pre, k), task)
+    out, card = _build(_models_dir(dest)/name, card, net, lambda p: shutil.copy2(run_dir/'export.pkl', p), calib_items=items,
+                       labels=[r['label'] for r in valid], learn=learn, parity_items=items[:n_parity], onnx=onnx,
+                       bank_items=train, q=q)
+    log.info("exported %s -> %s (none of these: %s, threshold %.3f)", run_dir, out, detector, card['none_of_these']['threshold'])
     return out
 
 # %% ../nbs/12_export.ipynb #c066
@@ -367,13 +362,17 @@ def bear_export(
     dest:str=None,            # Folder that holds the bundles (default $BEAR_MODELS, else models/)
     name:str=None,            # Bundle name (default: the run folder's name)
     no_onnx:bool=False,       # Skip the ONNX copy of the network
+    task:str=None,            # What the labels are kinds of, one noun ("car"): "This doesn't look like a car"
+    detector:str='knn',       # "None of these" detector: knn (any labels) or imagenet_mass (labels ImageNet knows)
+    trust:bool=False,         # Unpickle a run without a matching export_sha256 (only a run you made yourself)
 ):
-    "Package a training run as a model bundle: export.pkl, model.safetensors, model.onnx and the model.json card"
-    try: p = export_bundle(run_dir, dest=dest, name=name, onnx=not no_onnx)
+    "Package a training run as a model bundle: export.pkl, model.safetensors, model.onnx, the feature bank and the model.json card"
+    try: p = export_bundle(run_dir, dest=dest, name=name, onnx=not no_onnx, detector=detector, task=task, trust=trust)
     except (BundleError, BackboneError, OSError, ValueError) as e: raise SystemExit(f"bear-export: {files.one_line(e)}")
-    card = read_card(p)
-    print(f"{p} (version {card['version']}, threshold {card['not_a_bear']['threshold']:.3f}, "
-          f"validation accuracy {card['validation'].get('accuracy', float('nan')):.3f})")
+    card = read_card(p); nab = card['none_of_these']
+    print(f"{p} (version {card['version']}, validation accuracy {card['validation'].get('accuracy', float('nan')):.3f}; "
+          f"none of these: {nab['method']}, threshold {nab['threshold']:.3f}, "
+          f"{nab['calibration']['rejected_on_validation']:.1%} of validation rejected)\nout of domain: {none_text(card)!r}")
 
 # %% ../nbs/12_export.ipynb #c071
 @call_parse
@@ -409,13 +408,14 @@ def bear_predict(
     backend:str='auto',        # auto, onnx or torch
     log:str=None,              # Prediction log: SQLite path or postgresql://USER@HOST/DB (default $BEAR_LOG_DB or data/predictions.sqlite); `off` logs nothing
 ):
-    "Classify images with the newest model bundle: grizzly, black, teddy, or 'This does not look like a bear'"
+    "Classify images with the newest model bundle: its label and probability, or the card's 'This doesn't look like ...'"
     import json as _json
     if not images: raise SystemExit("bear-predict: no images given; usage: bear-predict IMAGE... [--model DIR] [--json]")
     images = list(images)
     try: pred = Predictor.load(model or ensure_bundle(models), backend=backend)
     except (BundleError, BackboneError, OSError, ValueError) as e: raise SystemExit(f"bear-predict: {files.one_line(e)}")
-    print(f"model: {pred.path} ({pred.kind}, version {pred.version}, created {pred.card['created']}, backend {pred.backend})", file=sys.stderr)
+    print(f"model: {pred.path} ({pred.kind}, version {pred.version}, created {pred.card['created']}, backend {pred.backend}, "
+          f"none of these: {pred.method})", file=sys.stderr)
     t0 = time.perf_counter()
     res = pred.predict_batch(images)
     _log_cli(pred, images, res, (time.perf_counter() - t0) * 1000 / max(len(images), 1), log)

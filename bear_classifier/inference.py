@@ -1,4 +1,4 @@
-"""`Predictor`: decode an upload safely, preprocess exactly like fastai, run the network fast, answer "not a bear".
+"""`Predictor`: decode an upload safely, preprocess exactly like fastai, run the network fast, answer in the card's words (or "none of these").
 
 Docs: https://bear-classifier.github.io/bear_classifier/inference.html.md"""
 
@@ -7,7 +7,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/inference.html.md"""
 # %% ../nbs/11_inference.ipynb #c003
 from __future__ import annotations
 import os
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +18,24 @@ from fastcore.basics import patch
 from . import files
 from .bundle import BundleError, read_card, check_file, load_net, item_transform, latest_bundle, ONNX_OUTPUTS
 from .images import ImageError, decode_bytes, decode_image
+from .ood import KNN_K, knn_scores, l2_normalize, load_bank
 
 # %% auto #0
-__all__ = ['OUT_OF_DOMAIN_TEXT', 'Prediction', 'Predictor']
+__all__ = ['none_text', 'Prediction', 'Predictor']
 
 # %% ../nbs/11_inference.ipynb #c006
-OUT_OF_DOMAIN_TEXT = "This does not look like a bear"
+def _a(noun:str) -> str:
+    "`noun` with its indefinite article, chosen by its first letter"
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
+# %% ../nbs/11_inference.ipynb #c008
+def none_text(card:dict) -> str:
+    "What to tell a user whose photo is none of the card's labels: from its `task` noun, else its `vocab`"
+    task, labels = card.get('task'), [str(v) for v in card['vocab']]
+    what = task or (labels[0] if len(labels) == 1 else ', '.join(labels[:-1]) + ' or ' + labels[-1])
+    return f"This doesn't look like {_a(what)}"
+
+# %% ../nbs/11_inference.ipynb #c011
 @dataclass(frozen=True)
 class Prediction:
     "One image's answer: what `learn.predict` says, plus whether it looks like one of our bears at all"
@@ -35,47 +46,52 @@ class Prediction:
     in_domain: bool
     score: float
     threshold: float
+    none_text: str = field(default="This doesn't look like any of these", repr=False, compare=False)
     @property
     def sentence(self) -> str:
-        return f"Prediction: {self.label}; Probability: {self.probability:.4f}" if self.in_domain else OUT_OF_DOMAIN_TEXT
-    def to_dict(self) -> dict: return dict(asdict(self), sentence=self.sentence)
+        return f"Prediction: {self.label}; Probability: {self.probability:.4f}" if self.in_domain else self.none_text
+    def to_dict(self) -> dict:
+        d = asdict(self); d.pop('none_text')
+        return dict(d, sentence=self.sentence)
     def __repr__(self): return f"Prediction({self.sentence!r}, probs={ {k: round(v, 4) for k, v in self.probs.items()} }, score={self.score:.3f})"
 
-# %% ../nbs/11_inference.ipynb #c009
+# %% ../nbs/11_inference.ipynb #c014
 @patch
 def with_threshold(self:Prediction, t:float) -> Prediction:
     "The same answer judged against threshold `t`: in domain iff `score >= t`"
     return replace(self, in_domain=bool(self.score >= t), threshold=float(t))
 
-# %% ../nbs/11_inference.ipynb #c012
+# %% ../nbs/11_inference.ipynb #c017
 class Predictor:
-    "The inference core: decode, preprocess like fastai's validation transforms, run, answer (with 'not a bear')"
-    def __init__(self, path, card:dict, backend:str, runner, size):
-        self.path, self.card, self.backend, self._run = Path(path), card, backend, runner
-        self.vocab = list(card['vocab'])
+    "The inference core: decode, preprocess like fastai's validation transforms, run, answer (or 'none of these')"
+    def __init__(self, path, card:dict, backend:str, runner, size, bank:np.ndarray|None=None):
+        self.path, self.card, self.backend, self._run, self.bank = Path(path), card, backend, runner, bank
+        self.vocab, self.none_text = list(card['vocab']), none_text(card)
         self.name, self.version, self.kind = card.get('name', self.path.name), card.get('version'), card.get('kind', 'trained')
-        self.threshold = float(card['not_a_bear']['threshold'])
+        nab = card['none_of_these']
+        self.method, self.k = nab.get('method', 'imagenet_mass'), int(nab.get('k') or KNN_K)
+        self.threshold = float(nab['threshold'])
         norm = card['normalization']
         self._mean = np.asarray(norm['mean'], dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(norm['std'], dtype=np.float32).reshape(3, 1, 1)
         self._div = np.float32(round(1 / norm.get('scale', 1/255)))
         self.size = tuple(size)
-        g = card['not_a_bear'].get('gate_input')
+        g = nab.get('gate_input')
         self._gate_input = None if g is None or g == card['input'] else g     # None: the gate (if any) reuses the input
 
-# %% ../nbs/11_inference.ipynb #c014
+# %% ../nbs/11_inference.ipynb #c019
 def _has_ort() -> bool:
     "Whether ONNX Runtime is installed"
     try: import onnxruntime; return True
     except ImportError: return False
 
-# %% ../nbs/11_inference.ipynb #c015
+# %% ../nbs/11_inference.ipynb #c020
 def _cpus() -> int:
     "The cores this process may run on"
     try: return max(1, len(os.sched_getaffinity(0)))
     except AttributeError: return os.cpu_count() or 1
 
-# %% ../nbs/11_inference.ipynb #c017
+# %% ../nbs/11_inference.ipynb #c022
 def _onnx_runner(path, threads=None):
     "A runner on ONNX Runtime for the checked `model.onnx` at `path`"
     import onnxruntime as ort
@@ -90,13 +106,15 @@ def _onnx_runner(path, threads=None):
     # Learner too) and from the other processes of a small server, for a gain of well under a millisecond
     so.add_session_config_entry('session.intra_op.allow_spinning', '0')
     so.add_session_config_entry('session.inter_op.allow_spinning', '0')
-    sess = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
+    try: sess = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
+    except Exception as e:     # onnxruntime's InvalidProtobuf, Fail, ...: a damaged file whose sha256 was updated with it
+        raise BundleError(f"{path} cannot be loaded by ONNX Runtime ({type(e).__name__}); re-export the model") from None
     gated = 'gate_image' in [i.name for i in sess.get_inputs()]
     def run(x, xg): return tuple(sess.run(list(ONNX_OUTPUTS), {'image': x, 'gate_image': xg} if gated else {'image': x}))
     run.session = sess
     return run
 
-# %% ../nbs/11_inference.ipynb #c018
+# %% ../nbs/11_inference.ipynb #c023
 def _torch_runner(net, threads=None):
     "A runner on PyTorch (inference mode) for the `BearNet` `net`"
     if threads: torch.set_num_threads(threads)
@@ -106,7 +124,7 @@ def _torch_runner(net, threads=None):
     run.net = net
     return run
 
-# %% ../nbs/11_inference.ipynb #c020
+# %% ../nbs/11_inference.ipynb #c025
 @patch(cls_method=True)
 def load(cls:Predictor, model_dir=None, models_root=None, backend:str='auto', threads:int|None=None) -> Predictor:
     "Load bundle `model_dir`; None: `latest_bundle(models_root)` (default `files.models_root()`)"
@@ -123,14 +141,17 @@ def load(cls:Predictor, model_dir=None, models_root=None, backend:str='auto', th
         check_file(model_dir, card, 'model.safetensors')
         runner = _torch_runner(load_net(model_dir, card), threads)
     else: raise ValueError(f"unknown backend {backend!r}; use 'auto', 'onnx' or 'torch'")
-    return cls(model_dir, card, backend, runner, card['input']['size'])
+    nab = card['none_of_these']
+    bank = load_bank(model_dir, card) if nab.get('method') == 'knn' and nab.get('bank') else None   # no bank yet: mid-export
+    return cls(model_dir, card, backend, runner, card['input']['size'], bank)
 
-# %% ../nbs/11_inference.ipynb #c023
+# %% ../nbs/11_inference.ipynb #c028
 @patch
 def __repr__(self:Predictor):
-    return f"Predictor({self.name!r}, kind={self.kind}, version={self.version}, backend={self.backend}, vocab={self.vocab})"
+    return (f"Predictor({self.name!r}, kind={self.kind}, version={self.version}, backend={self.backend}, vocab={self.vocab}, "
+            f"none_of_these={self.method})")
 
-# %% ../nbs/11_inference.ipynb #c026
+# %% ../nbs/11_inference.ipynb #c031
 @patch
 def _prep(self:Predictor, img, inp:dict) -> np.ndarray:
     "`img` through the item transform that `inp` describes, scaled and normalised: (3, h, w) float32"
@@ -138,56 +159,71 @@ def _prep(self:Predictor, img, inp:dict) -> np.ndarray:
     a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
     return (a / self._div - self._mean) / self._std
 
-# %% ../nbs/11_inference.ipynb #c027
+# %% ../nbs/11_inference.ipynb #c032
 @patch
 def preprocess(self:Predictor, img:Image.Image) -> np.ndarray:
     "A decoded RGB image as the (3, h, w) float32 array `learn.predict` feeds the model"
     return self._prep(img, self.card['input'])
 
-# %% ../nbs/11_inference.ipynb #c030
+# %% ../nbs/11_inference.ipynb #c035
 @patch
 def inputs(self:Predictor, img) -> tuple:
     "(model input, gate input or None) for one decoded image"
     return self.preprocess(img), (None if self._gate_input is None else self._prep(img, self._gate_input))
 
-# %% ../nbs/11_inference.ipynb #c033
+# %% ../nbs/11_inference.ipynb #c038
 @patch
 def predict_arrays(self:Predictor, x:np.ndarray, xg:np.ndarray|None=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Run the network on a preprocessed (N, 3, h, w) batch (and the gate's batch `xg`): (probs, bear_score, features)"
     x = np.ascontiguousarray(x, dtype=np.float32)
     return self._run(x, x if xg is None else np.ascontiguousarray(xg, dtype=np.float32))
 
-# %% ../nbs/11_inference.ipynb #c035
+# %% ../nbs/11_inference.ipynb #c041
 @patch
-def _run_batch(self:Predictor, pairs:list) -> tuple:
+def scores(self:Predictor, bear_score:np.ndarray, features:np.ndarray) -> np.ndarray:
+    "The 'none of these' scores of a batch from the network's outputs: kNN similarity to the bank, or the ImageNet mass"
+    if self.method != 'knn': return np.asarray(bear_score, dtype=np.float64)
+    if self.bank is None: raise BundleError(f"{self.path}: the card names no feature bank for its kNN detector; re-export the model")
+    return knn_scores(features, self.bank, self.k).astype(np.float64)
+
+# %% ../nbs/11_inference.ipynb #c043
+@patch
+def _arrays(self:Predictor, pairs:list) -> tuple:
     "`predict_arrays` on a list of `inputs` pairs"
     x = np.stack([a for a, _ in pairs])
     xg = None if pairs[0][1] is None else np.stack([g for _, g in pairs])
     return self.predict_arrays(x, xg)
 
-# %% ../nbs/11_inference.ipynb #c036
+# %% ../nbs/11_inference.ipynb #c044
+@patch
+def _run_batch(self:Predictor, pairs:list) -> tuple:
+    "(probs, 'none of these' scores, features) for a list of `inputs` pairs"
+    probs, mass, feats = self._arrays(pairs)
+    return probs, self.scores(mass, feats), feats
+
+# %% ../nbs/11_inference.ipynb #c045
 @patch
 def _answer(self:Predictor, probs, score) -> Prediction:
     "The `Prediction` for one row of the network's output"
     i = int(np.argmax(probs)); s = float(score)
     return Prediction(self.vocab[i], i, float(probs[i]), {v: float(q) for v, q in zip(self.vocab, probs)},
-                      bool(s >= self.threshold), s, self.threshold)
+                      bool(s >= self.threshold), s, self.threshold, self.none_text)
 
-# %% ../nbs/11_inference.ipynb #c039
+# %% ../nbs/11_inference.ipynb #c048
 @patch
 def predict(self:Predictor, x) -> Prediction:
     "Classify one image (path, bytes, PIL image, array or FileUpload value); raises `ImageError` for bad input"
     probs, score, _ = self._run_batch([self.inputs(decode_image(x))])
     return self._answer(probs[0], score[0])
 
-# %% ../nbs/11_inference.ipynb #c041
+# %% ../nbs/11_inference.ipynb #c050
 @patch
 def predict_bytes(self:Predictor, b:bytes, name:str|None=None) -> Prediction:
     "Classify encoded image bytes (an upload's body)"
     probs, score, _ = self._run_batch([self.inputs(decode_bytes(bytes(b), name))])
     return self._answer(probs[0], score[0])
 
-# %% ../nbs/11_inference.ipynb #c043
+# %% ../nbs/11_inference.ipynb #c052
 @patch
 def predict_batch(self:Predictor, items, bs:int=32) -> list:
     "Classify many inputs in batches of `bs`; a bad input gives its `ImageError` in its place, the rest go on"
@@ -202,3 +238,14 @@ def predict_batch(self:Predictor, items, bs:int=32) -> list:
         probs, score, _ = self._run_batch([a for _, a in chunk])
         for (i, _), p, s in zip(chunk, probs, score): out[i] = self._answer(p, s)
     return out
+
+# %% ../nbs/11_inference.ipynb #c055
+@patch
+def embed_batch(self:Predictor, items, bs:int=32) -> tuple[np.ndarray, int]:
+    "(L2-normalised pooled features of the readable `items`, number skipped as unreadable)"
+    pairs, bad, out = [], 0, []
+    for x in items:
+        try: pairs.append(self.inputs(decode_image(x)))
+        except (ImageError, TypeError): bad += 1
+    for j in range(0, len(pairs), bs): out.append(self._arrays(pairs[j:j+bs])[2])
+    return l2_normalize(np.concatenate(out) if out else np.zeros((0, 0), np.float32)), bad

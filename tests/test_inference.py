@@ -7,14 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-from bear_classifier.bundle import load_bundle_learner, read_card, BundleError
+from bear_classifier.bundle import load_bundle_learner, read_card, write_card, BundleError
+from bear_classifier.files import sha256_file
 from bear_classifier.images import ImageError, decode_image, MAX_IMAGE_BYTES
-from bear_classifier.inference import Predictor, Prediction, OUT_OF_DOMAIN_TEXT
+from bear_classifier.inference import Predictor, Prediction, none_text
+from bear_classifier.ood import BANK_FILE
 from bear_classifier.export import export_bundle, bear_predict, PARITY_TOL
 from bear_classifier.predlog import PredictionLog
 from bear_classifier.testing import shared_data, starter_bundle, tiny_run
 
 assert PARITY_TOL <= 1e-3
+OUT_OF_DOMAIN_TEXT = "This doesn't look like a bear"          # the starter's card: task 'bear'
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
@@ -46,7 +49,14 @@ def trained(tmp_path_factory, models, sample_photos):
         images = {lbl: [Image.open(f) for f in sorted((src/lbl).glob('*.jpg'))[:4]] for lbl in ('black', 'grizzly', 'teddy')}
     else: images = None
     tiny_run(run, size=96, method='rrc', epochs=1, images=images)
-    return export_bundle(run, dest=models)
+    cfg = json.loads((run/'model_config.json').read_text())
+    (run/'model_config.json').write_text(json.dumps(dict(cfg, export_sha256=sha256_file(run/'export.pkl'))))
+    return export_bundle(run, dest=models, detector='imagenet_mass')      # the bear labels' ImageNet rows, with a gate
+
+@pytest.fixture(scope='module')
+def knn(tmp_path_factory, trained):
+    "The same run exported with the default kNN detector"
+    return export_bundle(Path(read_card(trained)['run']['dir']), dest=tmp_path_factory.mktemp('knn'))
 
 def _parity(bundle, ims):
     "Max |Predictor - learn.predict| over `ims` for both backends; labels and indices must be identical"
@@ -72,9 +82,32 @@ def test_parity_starter(starter, photos):
 def test_parity_trained(trained, photos):
     ims, what = photos
     card = read_card(trained)
-    assert card['input']['resize_method'] == 'rrc' and card['not_a_bear']['features'].startswith('gate')
+    assert card['input']['resize_method'] == 'rrc' and card['none_of_these']['features'].startswith('gate')
     worst = _parity(trained, ims)
     assert max(worst.values()) < PARITY_TOL, (what, worst)
+
+def test_parity_knn(knn, trained, photos):
+    "The kNN bundle serves the same probabilities; its score is the same in both backends"
+    ims = photos[0][:8]
+    assert read_card(knn)['none_of_these']['method'] == 'knn'
+    assert max(_parity(knn, ims).values()) < PARITY_TOL
+    a, b = (Predictor.load(knn, backend=be).predict_batch(ims) for be in ('torch', 'onnx'))
+    assert max(abs(x.score - y.score) for x, y in zip(a, b)) < 1e-4
+    assert all(x.in_domain == y.in_domain for x, y in zip(a, b) if abs(x.score - x.threshold) > 1e-4)
+
+def test_corrupt_files_give_one_line(knn, tmp_path, sample_photos):
+    "A damaged ONNX / safetensors / bank file whose sha256 was updated in the card: one BundleError line, no traceback"
+    f = tmp_path/'cat.jpg'; sample_photos['chelsea'].save(f)
+    for name, backend, want in (('model.onnx', 'onnx', 'cannot be loaded by ONNX Runtime'),
+                                ('model.safetensors', 'torch', 'cannot be read as safetensors'),
+                                (BANK_FILE, 'onnx', 'cannot be read as a feature bank')):
+        b = tmp_path/name; shutil.copytree(knn, b)
+        (b/name).write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{not a model}' * 50)
+        write_card(b, read_card(b))                                # the card now "vouches" for the damage
+        with pytest.raises(BundleError, match=want): Predictor.load(b, backend=backend)
+        with pytest.raises(SystemExit) as e: bear_predict(str(f), model=str(b), backend=backend, log='off')
+        msg = str(e.value)
+        assert msg.startswith('bear-predict: ') and want in msg and '\n' not in msg and 'Traceback' not in msg, msg
 
 def test_predict_batch_matches_predict(trained, photos):
     ims = photos[0][:8]
@@ -107,7 +140,7 @@ def test_inputs_all_agree(starter, tmp_path, sample_photos):
     rs = [pred.predict(f), pred.predict(str(f)), pred.predict(b), pred.predict_bytes(b), pred.predict(upload),
           pred.predict(upload[0]), pred.predict(Image.open(f)), pred.predict(np.asarray(Image.open(f)))]
     for r in rs[1:]: assert r.probs == rs[0].probs
-    assert isinstance(rs[0], Prediction) and rs[0].sentence == OUT_OF_DOMAIN_TEXT and not rs[0].in_domain
+    assert isinstance(rs[0], Prediction) and rs[0].sentence == OUT_OF_DOMAIN_TEXT == none_text(pred.card) and not rs[0].in_domain
     d = rs[0].to_dict()
     assert set(d) >= {'label', 'index', 'probability', 'probs', 'in_domain', 'sentence'}
     json.dumps(d)
@@ -154,13 +187,15 @@ def test_decoding_modes(sample_photos):
     webp = _bytes(frames[0], 'WEBP', save_all=True, append_images=frames[1:], lossless=True)
     assert np.asarray(decode_image(webp))[5, 5].tolist() == [0, 128, 0]
 
-def test_serving_never_unpickles(starter, tmp_path, monkeypatch, sample_photos):
-    b = tmp_path/'b'; shutil.copytree(starter, b)
+@pytest.mark.parametrize('which', ['starter', 'knn'])
+def test_serving_never_unpickles(which, request, tmp_path, monkeypatch, sample_photos):
+    b = tmp_path/'b'; shutil.copytree(request.getfixturevalue(which), b)
     (b/'export.pkl').unlink()                                   # serving does not need the pickle at all
     def boom(*a, **k): raise AssertionError('unpickling on the serving path')
     for mod, name in ((pickle, 'load'), (pickle, 'loads'), (torch, 'load')): monkeypatch.setattr(mod, name, boom)
     for backend in ('torch', 'onnx'):
-        assert Predictor.load(b, backend=backend).predict(sample_photos['coffee']).label in ('black', 'grizzly', 'teddy')
+        p = Predictor.load(b, backend=backend)
+        assert p.predict(sample_photos['coffee']).label in ('black', 'grizzly', 'teddy') and (p.bank is not None) == (which == 'knn')
 
 def test_tampered_weights_refused(starter, tmp_path):
     b = tmp_path/'b'; shutil.copytree(starter, b)
