@@ -17,7 +17,7 @@ $(BIN)/python:
 
 # pip takes torch/torchvision from this machine's disk; constraints.txt pins the rest of the tree.
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check -c constraints.txt -e '.[dev,scale]'
 	touch $@
 
 install: $(STAMP)
@@ -74,3 +74,27 @@ monitor: install
 
 bench: install
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+## ---- issue 14 (H-lab): authoring in JupyterLab, and the docs site -------------------------------
+## JupyterLab on nbs/ at http://127.0.0.1:8888/lab/tree/nbs (the token is printed); the page's preview
+## is http://127.0.0.1:8888/voila/render/nbs/app.ipynb on the same server (Voila's server extension).
+## Offline: no update check, no news feed. The websocket limit is voila.json's, as for `make app`.
+## allow_root: CI and containers run as root (a non-root user is unaffected).
+LAB_PORT ?= 8888
+LAB_ROOT ?= $(CURDIR)
+LAB_OPEN ?= True
+LAB_WS_MAX = $(shell python3 -c "import json; print(json.load(open('$(CURDIR)/voila.json'))['Voila']['tornado_settings']['websocket_max_message_size'])")
+LAB_ARGS = --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.port_retries=0 \
+	--ServerApp.root_dir=$(LAB_ROOT) --ServerApp.open_browser=$(LAB_OPEN) --ServerApp.allow_root=True \
+	--LabApp.default_url=/lab/tree/nbs \
+	--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None \
+	--VoilaConfiguration.template=bear \
+	--ServerApp.tornado_settings="{'websocket_max_message_size': $(LAB_WS_MAX)}"
+.PHONY: lab docs
+lab: install
+	JUPYTER_PATH=$(CURDIR)/share/jupyter$${JUPYTER_PATH:+:$$JUPYTER_PATH} $(BIN)/jupyter lab $(LAB_ARGS)
+
+## the documentation site, offline, from the notebooks (mkdocs-material + mkdocs-jupyter): _docs/index.html
+## (each notebook runs in a kernel first, as in `make test`, so that the pages show outputs and plots)
+docs: install
+	$(BIN)/python docs/build.py --execute

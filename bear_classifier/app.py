@@ -6,48 +6,38 @@ Docs: https://bear-classifier.github.io/bear_classifier/app.html.md"""
 
 # %% ../nbs/14_app.ipynb #c003
 from __future__ import annotations
-import base64, io, json, os, re, socket, sys, time, traceback
-from dataclasses import replace
+import base64, io, json, re, sys, time, traceback
 from html import escape
 from pathlib import Path
 
 import ipywidgets as widgets
 from PIL import Image
 from fastcore.basics import patch
-from fastcore.script import call_parse, store_true
 
-from .files import (
-    ENV_PREFIX, Settings, SettingsError, log_path, models_root, one_line, project_root, review_dir, settings)
+from .files import Settings, is_url, log_location, models_root, project_root, settings
 from .images import MAX_IMAGE_BYTES, ImageError, decode_bytes
-from .predlog import NOT_A_BEAR, PredictionLog, log_problem
+from .predlog import NOT_A_BEAR, PredictionLog, log_name
+from .inference import none_text
+from .launch import PAGE, VOILA_CONFIG, voila_config
 
 # %% auto #0
-__all__ = ['PAGE', 'VOILA_CONFIG', 'TEMPLATE', 'WEBSOCKET_HEADROOM', 'KERNEL_SETTINGS', 'websocket_limit', 'upload_limit',
-           'upload_guard', 'thumbnail', 'png_output', 'probs_html', 'server_log', 'nice_label', 'model_blurb',
-           'classed', 'feedback_row', 'BearApp', 'answer_of', 'answer_text', 'build_app', 'load_page_predictor',
-           'port_is_free', 'check_launch', 'choose_model', 'prepare_log', 'kernel_env', 'served_settings', 'voila_argv',
-           'launch_line', 'bear_app']
+__all__ = ['WEBSOCKET_HEADROOM', 'MAX_BUTTONS', 'websocket_limit', 'upload_limit', 'upload_guard', 'thumbnail', 'png_output',
+           'probs_html', 'server_log', 'listed', 'page_words', 'nice_label', 'model_blurb', 'classed', 'feedback_row',
+           'BearApp', 'answer_of', 'answer_text', 'build_app', 'load_page_predictor', 'title_script']
 
-# %% ../nbs/14_app.ipynb #c007
-PAGE = Path('nbs')/'app.ipynb'      # the notebook Voilà renders, relative to the project root
-VOILA_CONFIG = 'voila.json'         # Voilà's configuration, in the project root
-TEMPLATE = 'bear'                   # share/jupyter/voila/templates/bear
-
-# %% ../nbs/14_app.ipynb #c010
+# %% ../nbs/14_app.ipynb #c009
 WEBSOCKET_HEADROOM = 1 << 20
 
 def websocket_limit(root=None) -> int:
     "Tornado's `websocket_max_message_size` as `voila.json` in the project sets it (Tornado's 10 MiB default if unset)"
-    p = project_root(root)/VOILA_CONFIG
-    cfg = json.loads(p.read_text()) if p.exists() else {}
-    return int(cfg.get('Voila', {}).get('tornado_settings', {}).get('websocket_max_message_size', 10 << 20))
+    return int(voila_config(root).get('Voila', {}).get('tornado_settings', {}).get('websocket_max_message_size', 10 << 20))
 
-# %% ../nbs/14_app.ipynb #c012
+# %% ../nbs/14_app.ipynb #c011
 def upload_limit(root=None) -> int:
     "The largest file (bytes) the page sends to the kernel"
     return min(MAX_IMAGE_BYTES, websocket_limit(root) - WEBSOCKET_HEADROOM)
 
-# %% ../nbs/14_app.ipynb #c015
+# %% ../nbs/14_app.ipynb #c014
 _GUARD_JS = """
 (function () {
   var g = window.bearUploadGuard;
@@ -82,21 +72,21 @@ def upload_guard(limit:int):
     from IPython.display import HTML
     return HTML(f"<script>{_GUARD_JS.replace('LIMIT', str(int(limit)))}</script>")
 
-# %% ../nbs/14_app.ipynb #c018
+# %% ../nbs/14_app.ipynb #c017
 def thumbnail(im:Image.Image, size:int=128) -> Image.Image:
     "A copy of `im` shrunk to fit `size`×`size` pixels, keeping its aspect ratio"
     im = im.copy()
     im.thumbnail((size, size))
     return im
 
-# %% ../nbs/14_app.ipynb #c021
+# %% ../nbs/14_app.ipynb #c020
 def png_output(im:Image.Image, text:str='thumbnail') -> dict:
     "A Jupyter `display_data` output holding `im` as PNG (for an `Output` widget's `outputs`)"
     buf = io.BytesIO(); im.save(buf, format='PNG')
     return {'output_type': 'display_data', 'metadata': {},
             'data': {'image/png': base64.b64encode(buf.getvalue()).decode(), 'text/plain': f'<{text}>'}}
 
-# %% ../nbs/14_app.ipynb #c024
+# %% ../nbs/14_app.ipynb #c023
 def probs_html(probs:dict, in_domain:bool=True, width:int=160) -> str:
     "An HTML table: one row per label, most probable first, with a bar and the probability"
     rows = []
@@ -106,25 +96,44 @@ def probs_html(probs:dict, in_domain:bool=True, width:int=160) -> str:
         rows.append(f'<tr><td style="padding-right:8px">{escape(str(label))}</td><td style="width:{width}px">{bar}</td>'
                     f'<td style="padding-left:8px;font-variant-numeric:tabular-nums">{p:.4f}</td></tr>')
     note = ('' if in_domain else '<div style="line-height:1.4;color:#616161">How the model would split its answer '
-            'if it had to pick one of the bears:</div>')
+            'if it had to pick one of its labels:</div>')
     return note + '<table class="bear-probs-table" style="border-collapse:collapse">' + ''.join(rows) + '</table>'
 
-# %% ../nbs/14_app.ipynb #c027
+# %% ../nbs/14_app.ipynb #c026
 def server_log(text:str):
     "Print one line to the server's log (the terminal running `bear-app`), not to the page"
     print(text, file=sys.__stderr__ or sys.stderr, flush=True)
 
-# %% ../nbs/14_app.ipynb #c030
-def nice_label(label) -> str:
-    "How an answer reads on the page: `not_a_bear` is 'not a bear'"
-    return 'not a bear' if label == NOT_A_BEAR else str(label)
+# %% ../nbs/14_app.ipynb #c029
+MAX_BUTTONS = 4     # more labels than this: the "wrong?" row is a dropdown, not a button per label
 
-# %% ../nbs/14_app.ipynb #c035
+def listed(labels) -> str:
+    "'a', 'a or b', 'a, b or c': labels the way a sentence lists them"
+    labels = [str(l) for l in labels]
+    return ' or '.join(labels) if len(labels) < 3 else ', '.join(labels[:-1]) + ' or ' + labels[-1]
+
+# %% ../nbs/14_app.ipynb #c031
+def page_words(card:dict) -> dict:
+    "What the page says, from the model card: title, help text, the 'none of these' answer and its button"
+    labels, task = [str(l) for l in card.get('vocab', [])], card.get('task')
+    few = len(labels) <= MAX_BUTTONS
+    what = f'a {task}' if task else (f'a {listed(labels)}' if few else None)
+    return dict(title=(listed(labels).capitalize() + '?') if few else (f'Which {task}?' if task else 'What is in the photo?'),
+                instructions=f"Upload a photo{' of ' + what if what else ''}, then click Classify.",
+                none=none_text(card) if what else f"This doesn't look like any of the model's {len(labels)} labels",
+                none_button=f'not a {task}' if task else 'none of these', many=not few)
+
+# %% ../nbs/14_app.ipynb #c034
+def nice_label(label, words:dict|None=None) -> str:
+    "How an answer reads on the page: `not_a_bear` is the card's 'none of these' (`words['none_button']`)"
+    return (words or {}).get('none_button', 'none of these') if label == NOT_A_BEAR else str(label)
+
+# %% ../nbs/14_app.ipynb #c039
 def model_blurb(predictor, logging:bool=False, review:bool=False) -> str:
     "Small print about the model (name, kind, version, labels) and, when `logging`, what the page keeps"
     kind = getattr(predictor, 'kind', None) or 'unknown'
-    what = {'starter': "ImageNet's own bear classes, not fine-tuned on bear photos",
-            'trained': "fine-tuned on this project's bear photos"}.get(kind, '')
+    what = {'starter': "ImageNet's own classes for these labels, not fine-tuned",
+            'trained': "fine-tuned on this project's photos"}.get(kind, '')
     ver = getattr(predictor, 'version', None)
     labels = ', '.join(map(str, getattr(predictor, 'vocab', [])))
     parts = [f'Model: {predictor.name} ({kind} model' + (f', version {ver})' if ver else ')'), what, f'labels: {labels}']
@@ -137,34 +146,39 @@ def model_blurb(predictor, logging:bool=False, review:bool=False) -> str:
                  'is corrected, to improve the model.</div>')
     return html
 
-# %% ../nbs/14_app.ipynb #c038
+# %% ../nbs/14_app.ipynb #c042
 def classed(w, *names):
     "`w` with the CSS classes `names` added (how the browser tests and the stylesheet find it)"
     for n in names: w.add_class(n)
     return w
 
-# %% ../nbs/14_app.ipynb #c041
-def feedback_row(vocab, review:bool=False) -> tuple:
-    "The 'wrong?' row: (the Right/Accept button, the prompt, {answer: button} for each label and `not_a_bear`, the `HBox`)"
+# %% ../nbs/14_app.ipynb #c045
+def feedback_row(vocab, review:bool=False, words:dict|None=None) -> tuple:
+    "The 'wrong?' row: (Right/Accept button, prompt, {answer: button}, the dropdown and its Save button or None, the `HBox`)"
     auto = lambda: widgets.Layout(width='auto')
     right = classed(widgets.Button(description='Accept' if review else 'Right', button_style='success', layout=auto()), 'bear-right')
     prompt = widgets.Label('or correct to:' if review else 'Wrong? It is:')
-    fixes = {a: classed(widgets.Button(description=nice_label(a), layout=auto()), 'bear-fix',
-                     'bear-fix-' + re.sub(r'[^A-Za-z0-9_-]+', '-', a)) for a in [*map(str, vocab), NOT_A_BEAR]}
-    row = widgets.HBox([right, prompt, *fixes.values()],
+    answers = [*map(str, vocab), NOT_A_BEAR]
+    fixes, pick = {}, None
+    if len(vocab) > MAX_BUTTONS:
+        pick = (classed(widgets.Dropdown(options=[(nice_label(a, words), a) for a in answers], layout=auto()), 'bear-pick'),
+                classed(widgets.Button(description='Save', layout=auto()), 'bear-send'))
+    else: fixes = {a: classed(widgets.Button(description=nice_label(a, words), layout=auto()), 'bear-fix',
+                               'bear-fix-' + re.sub(r'[^A-Za-z0-9_-]+', '-', a)) for a in answers}
+    row = widgets.HBox([right, prompt, *fixes.values(), *(pick or ())],
                        layout=widgets.Layout(flex_flow='row wrap', align_items='center', display='none'))
-    return right, prompt, fixes, classed(row, 'bear-feedback')
+    return right, prompt, fixes, pick, classed(row, 'bear-feedback')
 
-# %% ../nbs/14_app.ipynb #c046
+# %% ../nbs/14_app.ipynb #c050
 class BearApp:
-    "The bear classifier GUI: upload, Classify, thumbnail, label, probabilities, the 'wrong?' row, model info"
-    title = 'Grizzly, black or teddy?'
-    instructions = 'Upload a photo of a bear, then click Classify.'
+    "The classifier GUI: upload, Classify, thumbnail, label, probabilities, the 'wrong?' row, model info (words from the card)"
     review_note = 'Review mode: the model only suggests an answer. Accept it or correct it before the next photo.'
     def __init__(self, predictor, thumb_size:int=128, log=None, review:bool=False):
         self.predictor, self.thumb_size, self.review = predictor, thumb_size, bool(review)
+        self.words = page_words(getattr(predictor, 'card', None) or {'vocab': predictor.vocab})
+        self.title, self.instructions = self.words['title'], self.words['instructions']
         self._log = log if isinstance(log, PredictionLog) else None
-        self.log_path = self._log.path if self._log else (Path(log) if log else None)
+        self.log_path = self._log.path if self._log else ((log if is_url(log) else Path(log)) if log else None)
         self.case = None                  # the answer on screen while it awaits a verdict: dict(id, answer, image)
         self.reviewed = self.agreed = 0   # review mode: verdicts given in this session, and how many accepted the model
         self.upload = classed(widgets.FileUpload(accept='image/*', multiple=False, description='Upload'), 'bear-upload')
@@ -173,10 +187,11 @@ class BearApp:
                                                    '</div>'), 'bear-upload-message')
         self.out = classed(widgets.Output(layout=widgets.Layout(min_height=f'{thumb_size}px')), 'bear-thumbnail')
         self.label, self.probs = classed(widgets.Label(''), 'bear-prediction'), classed(widgets.HTML(''), 'bear-probs')
-        self.right, self.fix_prompt, self.fixes, self.feedback = feedback_row(predictor.vocab, self.review)
+        self.right, self.fix_prompt, self.fixes, self.pick, self.feedback = feedback_row(predictor.vocab, self.review, self.words)
         self.thanks = classed(widgets.HTML(''), 'bear-thanks')
         self.info = classed(widgets.HTML(model_blurb(predictor, logging=self.log_path is not None, review=self.review)), 'bear-model')
         for a, b in self.fixes.items(): b.on_click(lambda _, a=a: self.verdict(a))
+        if self.pick: self.pick[1].on_click(lambda _: self.verdict(self.pick[0].value))
         self.right.on_click(lambda _: self.verdict(self.case['answer'] if self.case else None))
         self.button.on_click(lambda b: self.classify(b))
         head = [widgets.HTML(f'<h2 class="bear-title">{escape(self.title)}</h2>'), widgets.Label(self.instructions)]
@@ -185,7 +200,7 @@ class BearApp:
         self.box = classed(widgets.VBox([*head, self.upload, self.upload_message, self.button, self.out, self.label,
                                          self.probs, self.feedback, self.thanks, self.info]), 'bear-app')
 
-# %% ../nbs/14_app.ipynb #c049
+# %% ../nbs/14_app.ipynb #c053
 @patch
 def show(self:BearApp, text:str, error:bool=False, thumb=None, probs=None, in_domain:bool=True):
     "Put one result on the page: the label's `text` (red when `error`), the thumbnail and the bar chart"
@@ -194,24 +209,24 @@ def show(self:BearApp, text:str, error:bool=False, thumb=None, probs=None, in_do
     self.label.value = text
     self.probs.value = probs_html(probs, in_domain) if probs else ''
 
-# %% ../nbs/14_app.ipynb #c051
+# %% ../nbs/14_app.ipynb #c055
 @patch
 def say(self:BearApp, text:str='', error:bool=False):
     "The one line under the 'wrong?' row: thanks, or why a verdict was not recorded"
     colour = '#b71c1c' if error else '#2f7d32'
     self.thanks.value = f'<div class="bear-thanks-text" style="color:{colour};line-height:1.4">{escape(text)}</div>' if text else ''
 
-# %% ../nbs/14_app.ipynb #c054
+# %% ../nbs/14_app.ipynb #c058
 @patch(as_prop=True)
 def log(self:BearApp) -> PredictionLog|None:
     "The prediction log, opened on first use; None when logging is off or the log cannot be opened (said on stderr)"
     if self._log is None and self.log_path is not None:
         try: self._log = PredictionLog(self.log_path)
         except Exception as e:
-            server_log(f'bear-app: cannot open the prediction log {self.log_path} ({type(e).__name__}: {e}); answers are not logged')
+            server_log(f'bear-app: cannot open the prediction log {log_name(self.log_path)} ({type(e).__name__}: {e}); answers are not logged')
     return self._log
 
-# %% ../nbs/14_app.ipynb #c056
+# %% ../nbs/14_app.ipynb #c060
 @patch
 def record(self:BearApp, pred, image:bytes|None, size, latency_ms:float) -> int|None:
     "Log one answer; its row id, or None when it could not be written (the visitor still gets the answer)"
@@ -221,21 +236,21 @@ def record(self:BearApp, pred, image:bytes|None, size, latency_ms:float) -> int|
         return self.log.log(pred, 'app', model=dict(name=p.name, version=getattr(p, 'version', None), kind=getattr(p, 'kind', None)),
                             image=image, size=size, latency_ms=round(latency_ms, 2))
     except Exception as e:
-        server_log(f'bear-app: prediction not logged in {self.log_path} ({type(e).__name__}: {e}); the visitor got the answer anyway')
+        server_log(f'bear-app: prediction not logged in {log_name(self.log_path)} ({type(e).__name__}: {e}); the visitor got the answer anyway')
         return None
 
-# %% ../nbs/14_app.ipynb #c059
+# %% ../nbs/14_app.ipynb #c063
 def answer_of(pred) -> str:
     "The answer a `Prediction` gives: its label, or `NOT_A_BEAR` when the photo is out of the model's domain"
     return pred.label if pred.in_domain else NOT_A_BEAR
 
-# %% ../nbs/14_app.ipynb #c061
-def answer_text(pred, review:bool=False) -> str:
-    "What the label says: the lesson's sentence, or in review mode the suggestion a reviewer accepts or corrects"
-    if not review: return pred.sentence
-    return f'Suggested: {nice_label(answer_of(pred))}' + (f' ({pred.probability:.2f})' if pred.in_domain else '') + ' — accept or correct'
+# %% ../nbs/14_app.ipynb #c065
+def answer_text(pred, review:bool=False, words:dict|None=None) -> str:
+    "What the label says: the lesson's sentence (out of domain: the card's `words['none']`), or in review mode the suggestion"
+    if not review: return pred.sentence if pred.in_domain or not words else words['none']
+    return f'Suggested: {nice_label(answer_of(pred), words)}' + (f' ({pred.probability:.2f})' if pred.in_domain else '') + ' — accept or correct'
 
-# %% ../nbs/14_app.ipynb #c063
+# %% ../nbs/14_app.ipynb #c067
 @patch
 def classify_upload(self:BearApp, item:dict):
     "Decode and classify one uploaded file (an item of `FileUpload.value`); show the answer or the error, log it, ask for a verdict"
@@ -251,10 +266,10 @@ def classify_upload(self:BearApp, item:dict):
     except Exception as e:                                  # not a bad upload: a bug, its traceback goes to the server log
         server_log(traceback.format_exc().rstrip())
         return self.show(f"Could not classify {name or 'this file'}: {type(e).__name__}: {e}", error=True)
-    self.show(answer_text(pred, self.review), thumb=thumb, probs=pred.probs, in_domain=pred.in_domain)
+    self.show(answer_text(pred, self.review, self.words), thumb=thumb, probs=pred.probs, in_domain=pred.in_domain)
     self.ask_verdict(self.record(pred, data, img.size, ms), answer_of(pred), data)
 
-# %% ../nbs/14_app.ipynb #c065
+# %% ../nbs/14_app.ipynb #c069
 @patch
 def classify(self:BearApp, _=None):
     "The Classify button's handler: classify the uploaded photo, or say what to do first; then clear the upload"
@@ -270,7 +285,7 @@ def classify(self:BearApp, _=None):
         self.upload.value = ()
         self.button.disabled = self.review and self.case is not None
 
-# %% ../nbs/14_app.ipynb #c068
+# %% ../nbs/14_app.ipynb #c072
 @patch
 def ask_verdict(self:BearApp, pred_id:int|None, answer:str, image:bytes|None):
     "Show the 'wrong?' row for the answer just logged as `pred_id` (nothing to ask when it was not logged)"
@@ -280,47 +295,51 @@ def ask_verdict(self:BearApp, pred_id:int|None, answer:str, image:bytes|None):
         return
     self.case = dict(id=pred_id, answer=answer, image=image)
     self.right.disabled = False
-    self.right.tooltip = f'The answer ({nice_label(answer)}) is right'
+    self.right.tooltip = f'The answer ({nice_label(answer, self.words)}) is right'
     for a, b in self.fixes.items():
         b.disabled, b.button_style, b.layout.display = False, '', ('none' if a == answer else None)
+    if self.pick:
+        others = [(t, a) for t, a in self.pick[0].options if a != answer] or list(self.pick[0].options)
+        self.pick[0].options, self.pick[0].value = others + [(t, a) for t, a in self.pick[0].options if a == answer], others[0][1]
+        for w in self.pick: w.disabled = False
     self.feedback.layout.display = None
 
-# %% ../nbs/14_app.ipynb #c071
+# %% ../nbs/14_app.ipynb #c075
 @patch
 def thank(self:BearApp, label:str, right:bool):
     "Thank the visitor for a recorded verdict; in review mode, count it and let the next photo in"
     if not self.review:
-        return self.say('Thanks — glad it was right' if right else f'Thanks — saved as {nice_label(label)} for review')
+        return self.say('Thanks — glad it was right' if right else f'Thanks — saved as {nice_label(label, self.words)} for review')
     self.reviewed += 1; self.agreed += right
-    self.say((f'Accepted: {nice_label(label)}' if right else f'Corrected to {nice_label(label)} — saved for review')
+    self.say((f'Accepted: {nice_label(label, self.words)}' if right else f'Corrected to {nice_label(label, self.words)} — saved for review')
              + f' · {self.reviewed} reviewed in this session, the model was right in {self.agreed}')
     self.button.disabled = False
 
-# %% ../nbs/14_app.ipynb #c073
+# %% ../nbs/14_app.ipynb #c077
 @patch
 def verdict(self:BearApp, label:str|None):
     "A 'wrong?' button's handler: record that `label` is the right answer for the case on screen (once)"
     case = self.case
     if case is None or label is None: return
-    buttons = [self.right, *self.fixes.values()]
+    buttons = [self.right, *self.fixes.values(), *(self.pick or ())]
     for b in buttons: b.disabled = True
     try: self.log.feedback(case['id'], label, image=case['image'], reviewer=self.review)
     except Exception as e:
-        server_log(f"bear-app: verdict {label!r} on prediction {case['id']} not recorded in {self.log_path} ({type(e).__name__}: {e})")
+        server_log(f"bear-app: verdict {label!r} on prediction {case['id']} not recorded in {log_name(self.log_path)} ({type(e).__name__}: {e})")
         for b in buttons: b.disabled = False
         return self.say(f'Sorry, that could not be saved ({type(e).__name__}); please try again.', error=True)
     self.case, right = None, label == case['answer']
-    if not right: self.fixes[label].button_style = 'warning'     # which one was sent, while the buttons rest disabled
+    if not right and label in self.fixes: self.fixes[label].button_style = 'warning'   # which one was sent, while the row rests
     self.thank(label, right)
 
-# %% ../nbs/14_app.ipynb #c076
+# %% ../nbs/14_app.ipynb #c080
 def build_app(predictor, thumb_size:int=128, log=None, review:bool=False) -> widgets.VBox:
     "The GUI for `predictor` as one `VBox` (the `BearApp` that drives it is its `.bear` attribute); see `BearApp` for `log`, `review`"
     app = BearApp(predictor, thumb_size, log=log, review=review)
     app.box.bear = app
     return app.box
 
-# %% ../nbs/14_app.ipynb #c088
+# %% ../nbs/14_app.ipynb #c092
 def load_page_predictor(s:Settings|None=None):
     "The `Predictor` the page serves: `s.model_dir`, else the newest bundle under `models_root(s)`, else the starter; warmed up"
     from bear_classifier.inference import Predictor
@@ -333,107 +352,8 @@ def load_page_predictor(s:Settings|None=None):
     p.predict(Image.new('RGB', (224, 224), (128, 128, 128)))     # first forward pass: allocations, kernels
     return p
 
-# %% ../nbs/14_app.ipynb #c091
-def port_is_free(port:int, host:str='127.0.0.1') -> bool:
-    "True when nothing listens on `host:port`"
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try: s.bind((host, port)); return True
-        except OSError: return False
-
-# %% ../nbs/14_app.ipynb #c094
-def check_launch(root:Path, port:int):
-    "Exit with one line unless `root` is a checkout holding the page and `port` on 127.0.0.1 is free"
-    if not (root/PAGE).exists():
-        raise SystemExit(f"bear-app: {PAGE} not found under {root}; run bear-app from a checkout of the project")
-    if not port_is_free(port):
-        raise SystemExit(f"bear-app: port {port} on 127.0.0.1 is in use (another bear-app?); stop it or pass --port N")
-
-# %% ../nbs/14_app.ipynb #c097
-def choose_model(model=None, models=None) -> Path:
-    "The bundle folder to serve: `model`, else the newest bundle under `models` (default `models_root()`), else the starter"
-    from bear_classifier.bundle import BundleError, latest_bundle, read_card
-    if model:
-        try: read_card(model)
-        except BundleError as e:
-            raise SystemExit(f"bear-app: {one_line(e)}; pass a folder under models/ or leave --model out") from None
-        return Path(model).resolve()
-    models = Path(models) if models else models_root()
-    from bear_classifier.export import ensure_bundle
-    try:
-        if latest_bundle(models) is None: print(f"bear-app: no bundle in {models}; building the offline starter model", flush=True)
-        return Path(ensure_bundle(models)).resolve()
-    except Exception as e:
-        raise SystemExit(f"bear-app: no model to serve ({type(e).__name__}: {e}); pass --model DIR or fix {models}") from None
-
-# %% ../nbs/14_app.ipynb #c100
-def prepare_log(s:Settings|None=None) -> Path|None:
-    "The absolute log path `bear-app` hands to the kernels (None: `--log off`); checked by opening it once"
-    s = s or settings()
-    path = log_path(s)
-    if path is None:
-        if s.review_mode: raise SystemExit("bear-app: --review records every verdict in the prediction log; drop --log off")
-        return None
-    problem = log_problem(path)
-    if problem:
-        why = f"the prediction log {path} cannot be written ({problem})"
-        if s.review_mode: raise SystemExit(f"bear-app: --review records every verdict, but {why}; pass --log PATH")
-        print(f"bear-app: warning: {why}; the page will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
-    return path
-
-# %% ../nbs/14_app.ipynb #c103
-KERNEL_SETTINGS = ('model_dir', 'models', 'log_db', 'review_mode', 'review_root')
-
-def kernel_env(s:Settings) -> dict:
-    "The `BEAR_*` variables that hand `s`'s choices for the page to Voilà's kernels (which inherit the server's environment)"
-    env = {}
-    for name in KERNEL_SETTINGS:
-        v = getattr(s, name)
-        if v is not None: env[ENV_PREFIX + name.upper()] = ('1' if v else '0') if isinstance(v, bool) else str(v)
-    return env
-
-# %% ../nbs/14_app.ipynb #c106
-def served_settings(s:Settings, model_dir:Path, log:Path|None) -> Settings:
-    "`s` with the chosen `model_dir` and `log`, and every path absolute, as the kernels must see them"
-    return replace(s, model_dir=str(Path(model_dir).resolve()), models=str(models_root(s).resolve()),
-                   log_db=str(log) if log else 'off', review_root=str(review_dir(s)) if s.review_root else None)
-
-# %% ../nbs/14_app.ipynb #c108
-def voila_argv(root:Path, port:int=8866, pool:int=1) -> list:
-    "Voilà's command line for the page in `root`: its config file path, template, port and kernel pool"
-    return [str(root/PAGE), f'--Voila.config_file_paths={root}', f'--template={TEMPLATE}',
-            f'--port={port}', f'--VoilaConfiguration.preheat_kernel={pool > 0}',
-            f'--VoilaConfiguration.default_pool_size={max(pool, 0)}']
-
-# %% ../nbs/14_app.ipynb #c110
-def launch_line(s:Settings, card:dict, port:int, pool:int) -> str:
-    "What `bear-app` says as it starts serving: the model, the address, the kernel pool, review mode and the log"
-    log = log_path(s)
-    return (f"bear-app: serving {Path(s.model_dir).name} ({card.get('kind', '?')} model, version {card.get('version')}) "
-            f"at http://127.0.0.1:{port}/ with {pool} pre-heated kernel(s)" + ('; REVIEW MODE' if s.review_mode else '')
-            + (f"; prediction log {log}" if log else '; predictions not logged') + '; Ctrl+C stops')
-
-# %% ../nbs/14_app.ipynb #c113
-@call_parse
-def bear_app(
-    model:str=None,        # A model bundle folder to serve (default: $BEAR_MODEL_DIR, else the newest under --models, else the starter)
-    models:str=None,       # Where bundles live (default: $BEAR_MODELS, else models/ in the project)
-    port:int=8866,         # Port on 127.0.0.1
-    pool:int=1,            # Pre-heated kernels kept ready (0: a kernel starts when a visitor arrives)
-    log:str=None,          # Prediction log, SQLite (default: $BEAR_LOG_DB, else data/predictions.sqlite in the project; `off`: none)
-    review:store_true=False, # Review mode: the page only suggests, a reviewer accepts or corrects every answer
-):
-    "Serve the bear classifier page (nbs/app.ipynb) with Voilà on http://127.0.0.1:PORT/"
-    root = project_root()
-    check_launch(root, port)
-    try: s = settings(model_dir=model, models=models, log_db=log, review_mode=review)
-    except SettingsError as e: raise SystemExit(f"bear-app: {e}") from None
-    d = choose_model(s.model_dir) if s.model_dir else None     # a named bundle is checked at once
-    logdb = prepare_log(s)                                      # before a starter build that may take a minute
-    s = served_settings(s, d or choose_model(None, models_root(s)), logdb)
-    from bear_classifier.bundle import read_card             # imported by `choose_model` already
-    os.environ.update(kernel_env(s))
-    os.environ['JUPYTER_PATH'] = os.pathsep.join(filter(None, [str(root/'share'/'jupyter'), os.environ.get('JUPYTER_PATH')]))
-    print(launch_line(s, read_card(s.model_dir), port, pool), flush=True)
-    sys.stderr.flush()
-    # Voilà replaces this process: torch, imported above to find or build the model, does not stay in the server
-    os.execv(sys.executable, [sys.executable, '-m', 'voila', *voila_argv(root, port, pool)])
+# %% ../nbs/14_app.ipynb #c096
+def title_script(title:str):
+    "An HTML `<script>` for the page that sets the browser tab's title"
+    from IPython.display import HTML
+    return HTML(f'<script>document.title = {json.dumps(str(title))};</script>')

@@ -11,6 +11,11 @@ opens the page, uploads a photo and clicks Classify as soon as the widgets appea
 
 Modes alternate (cold, warm, cold, warm, ...) so that the machine's load drifts over both alike.
 Prints a table and writes bench/results/app.json.  Usage: python bench/app.py [--reps 2]
+
+`--crowd N` (issue 16) instead sends N anonymous page loads at once to `bear-app --max-kernels CAP
+--idle S` and samples the kernels each second: the peak number of kernels, how many visitors got
+the busy page (503), the server's memory (its whole process tree) at baseline, peak and after the
+idle timeout. Writes bench/results/app_crowd.json.  Usage: python bench/app.py --crowd 20 [--cap 6] [--idle 30]
 """
 import argparse, json, os, platform, signal, socket, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -98,10 +103,68 @@ def run_mode(browser, model, pool, img):
         except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
 
 
+def tree(proc):
+    "(kernels, MiB of the whole process tree) of bear-app's process"
+    p, n, rss = psutil.Process(proc.pid), 0, 0
+    for c in [p] + p.children(recursive=True):
+        try: n += c is not p and 'ipykernel' in ' '.join(c.cmdline()); rss += c.memory_info().rss
+        except psutil.Error: pass
+    return n, rss / 2**20
+
+
+def get_status(url):
+    import urllib.request, urllib.error
+    try:
+        with urllib.request.urlopen(url, timeout=600) as r: return r.status
+    except urllib.error.HTTPError as e: return e.code
+    except Exception as e: return type(e).__name__
+
+
+def crowd(model, n, cap, idle):
+    "n page loads at once: one row of kernel counts (sampled each second), answers and memory"
+    import threading
+    port = testing.free_port()
+    log = open(Path(tempfile.gettempdir())/f'bench-app-crowd-{port}.log', 'w')
+    proc = subprocess.Popen([str(BIN/'bear-app'), '--model', str(model), '--port', str(port), '--log', 'off',
+                             '--max-kernels', str(cap), '--idle', str(idle)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_idle(proc, kernels=1)
+        _, base = tree(proc)
+        answers, samples, peak_rss = [], [], base
+        ts = [threading.Thread(target=lambda: answers.append(get_status(f'http://127.0.0.1:{port}/'))) for _ in range(n)]
+        t0 = time.time()
+        for t in ts: t.start()
+        while any(t.is_alive() for t in ts):
+            k, rss = tree(proc); samples.append(k); peak_rss = max(peak_rss, rss); time.sleep(1)
+        t1 = time.time()
+        while tree(proc)[0] > 1 and time.time() - t1 < idle * 6: samples.append(tree(proc)[0]); time.sleep(1)
+        time.sleep(3)
+        return dict(visitors=n, cap=cap, idle_s=idle, peak_kernels=max(samples), served=answers.count(200), busy=answers.count(503),
+                    other=len(answers) - answers.count(200) - answers.count(503), answer_s=t1 - t0, back_to_one_s=time.time() - t1,
+                    baseline_mib=base, peak_mib=peak_rss, after_idle_mib=tree(proc)[1], kernels_after=tree(proc)[0])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+
+
+def crowd_main(args):
+    row = crowd(testing.starter_bundle(), args.crowd, args.cap, args.idle)
+    print(f"\n{'visitors':>9}{'cap':>5}{'peak kernels':>14}{'served':>8}{'busy':>6}{'other':>7}{'baseline MiB':>14}{'peak MiB':>10}{'after idle MiB':>16}")
+    print(f"{row['visitors']:>9}{row['cap']:>5}{row['peak_kernels']:>14}{row['served']:>8}{row['busy']:>6}{row['other']:>7}"
+          f"{row['baseline_mib']:>14.0f}{row['peak_mib']:>10.0f}{row['after_idle_mib']:>16.0f}")
+    out = ROOT/'bench'/'results'/'app_crowd.json'
+    atomic_write(out, json.dumps(dict(bench='app kernel ceiling under a crowd', cpus=os.cpu_count(), when=utc_now(), **row), indent=2))
+    print(f'wrote {out.relative_to(ROOT)}')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--reps', type=int, default=2)
+    ap.add_argument('--crowd', type=int, default=0, help='N page loads at once instead of the time-to-first-prediction runs')
+    ap.add_argument('--cap', type=int, default=6); ap.add_argument('--idle', type=int, default=30)
     args = ap.parse_args()
+    if args.crowd: return crowd_main(args)
     from playwright.sync_api import sync_playwright
     with tempfile.TemporaryDirectory() as tmp:
         model, img = testing.starter_bundle(), photo(tmp)

@@ -11,8 +11,8 @@ import ipywidgets as widgets
 import pytest
 from PIL import Image
 
-from bear_classifier import app as bapp, testing
-from bear_classifier.app import BearApp, build_app, thumbnail, upload_limit, websocket_limit
+from bear_classifier import app as bapp, launch, testing
+from bear_classifier.app import BearApp, answer_text, build_app, page_words, thumbnail, upload_limit, websocket_limit
 from bear_classifier.files import Settings
 from bear_classifier.images import MAX_IMAGE_BYTES, ImageError, decode_bytes
 from bear_classifier.predlog import NOT_A_BEAR, PredictionLog
@@ -67,8 +67,8 @@ def test_layout(predictor):
     assert kinds.index(widgets.FileUpload) < kinds.index(widgets.Button) < kinds.index(widgets.Output) < kinds.index(widgets.Label, 2)
     assert app.upload.accept == 'image/*' and app.upload.multiple is False
     assert app.button.description == 'Classify'
-    assert 'Grizzly, black or teddy?' in box.children[0].value
-    assert box.children[1].value == 'Upload a photo of a bear, then click Classify.'
+    words = page_words(predictor.card)                                             # the card's words, not the code's
+    assert words['title'] in box.children[0].value and box.children[1].value == words['instructions']
     assert predictor.name in app.info.value and 'starter' in app.info.value
     for label in predictor.vocab: assert label in app.info.value
     assert app.feedback.layout.display == 'none' and app.thanks.value == ''          # nothing to judge yet
@@ -102,14 +102,14 @@ def test_matches_predictor(predictor, sample_photos):
         data = jpeg(im)
         upload(app, data, f'{name}.jpg'); click(app)
         pred = predictor.predict_bytes(data)
-        assert app.label.value == pred.sentence, name
+        assert app.label.value == answer_text(pred, words=app.words), name
         for k, v in pred.probs.items(): assert f'{v:.4f}' in app.probs.value
 
 
 def test_coffee_is_not_a_bear(predictor, sample_photos):
     app = BearApp(predictor)
     upload(app, jpeg(sample_photos['coffee']), 'coffee.jpg'); click(app)
-    assert app.label.value == 'This does not look like a bear'
+    assert app.label.value == page_words(predictor.card)['none'] == bapp.none_text(predictor.card)
     assert len(app.out.outputs) == 1                  # the thumbnail still shows what was classified
 
 
@@ -141,7 +141,7 @@ def test_every_bad_upload_shows_its_message_and_the_page_keeps_working(predictor
     assert app.label.style.text_color and app.out.outputs == () and app.probs.value == ''
     assert app.upload.value == () and not app.button.disabled
     upload(app, jpeg(sample_photos['chelsea']), 'chelsea.jpg'); click(app)    # and the next photo works
-    assert app.label.value == predictor.predict_bytes(jpeg(sample_photos['chelsea'])).sentence
+    assert app.label.value == answer_text(predictor.predict_bytes(jpeg(sample_photos['chelsea'])), words=app.words)
     assert not app.label.style.text_color and len(app.out.outputs) == 1
 
 
@@ -169,7 +169,7 @@ def test_exif_rotated_photo_is_upright(predictor, grizzly_photo):
     ref = upright.resize((96, 128))
     diff = sum(abs(a - b) for a, b in zip(t.convert('L').getdata(), ref.convert('L').getdata())) / (96*128)
     assert diff < 12, diff
-    assert app.label.value == predictor.predict_bytes(sideways).sentence
+    assert app.label.value == answer_text(predictor.predict_bytes(sideways), words=app.words)
     assert app.label.value.startswith('Prediction: grizzly')
     # the model saw the upright photo too: its answer is the upright photo's, up to JPEG noise
     assert abs(predictor.predict_bytes(sideways).probability - predictor.predict(upright).probability) < 0.02
@@ -236,7 +236,7 @@ def test_right_and_wrong(predictor, grizzly_photo, logdb):
     app = BearApp(predictor, log=logdb)
     upload(app, grizzly_photo); click(app)
     assert app.feedback.layout.display is None and shown_fixes(app) == {'black', 'teddy', NOT_A_BEAR}
-    assert app.fixes[NOT_A_BEAR].description == 'not a bear' and app.right.description == 'Right'
+    assert app.fixes[NOT_A_BEAR].description == app.words['none_button'] and app.right.description == 'Right'
     app.right.click()
     assert 'Thanks — glad it was right' in app.thanks.value and all(b.disabled for b in verdict_buttons(app))
     app.fixes['teddy'].click()                                                     # one verdict per answer
@@ -273,7 +273,7 @@ def test_review_mode(predictor, grizzly_photo, sample_photos, logdb):
     assert 'Accepted: grizzly · 1 reviewed in this session, the model was right in 1' in app.thanks.value
     assert not app.button.disabled
     click(app)                                                                     # now the waiting upload
-    assert app.label.value == 'Suggested: not a bear — accept or correct'
+    assert app.label.value == f"Suggested: {app.words['none_button']} — accept or correct"
     assert shown_fixes(app) == {'black', 'grizzly', 'teddy'}
     app.fixes['teddy'].click()
     assert 'Corrected to teddy — saved for review · 2 reviewed' in app.thanks.value
@@ -330,6 +330,10 @@ def test_voila_config():
     ws = v['tornado_settings']['websocket_max_message_size']
     assert ws == websocket_limit(ROOT) > 10 << 20                           # above Tornado's default
     assert upload_limit(ROOT) + bapp.WEBSOCKET_HEADROOM <= ws               # the browser refuses before Tornado does
+    assert vc['multi_kernel_manager_class'] == 'bear_classifier.launch.CappedKernelManager' and cfg['CappedKernelManager']['max_kernels'] <= 6
+    km = cfg['MappingKernelManager']
+    assert km['cull_idle_timeout'] > 0 and km['cull_interval'] > 0 and km['cull_connected'] is True
+    assert v['tornado_settings']['allow_remote_access'] is False            # jupyter_server's Host check (DNS rebinding) is on
 
 
 def test_template_fetches_nothing_from_the_network():
@@ -375,13 +379,13 @@ def test_choose_model(tmp_path):
     from bear_classifier.testing import starter_bundle
     models = tmp_path/'models'
     shutil.copytree(starter_bundle(), models/'mine')
-    assert bapp.choose_model(None, models) == (models/'mine').resolve()
-    assert bapp.choose_model(str(starter_bundle()), models) == starter_bundle().resolve()
+    assert launch.choose_model(None, models) == (models/'mine').resolve()
+    assert launch.choose_model(str(starter_bundle()), models) == starter_bundle().resolve()
 
 
 def test_a_named_bundle_must_have_a_valid_card(tmp_path):
     (tmp_path/'model.json').write_text('{"vocab": ["a"]')                          # cut short
-    with pytest.raises(SystemExit) as e: bapp.choose_model(str(tmp_path))
+    with pytest.raises(SystemExit) as e: launch.choose_model(str(tmp_path))
     assert str(e.value).startswith('bear-app: ') and 'not valid JSON' in str(e.value) and '\n' not in str(e.value)
 
 
@@ -390,15 +394,15 @@ def test_a_named_bundle_must_have_a_valid_card(tmp_path):
 def test_kernels_read_back_what_bear_app_decided(tmp_path, monkeypatch):
     "bear-app's choices, written as BEAR_* variables, are what `Settings.from_env` reads in the kernel"
     monkeypatch.chdir(tmp_path)                                                    # the kernels run elsewhere (nbs/)
-    s = bapp.served_settings(Settings(models='models', review_root='queue', review_mode=True), 'models/m', tmp_path/'log.sqlite')
-    env = bapp.kernel_env(s)
+    s = launch.served_settings(Settings(models='models', review_root='queue', review_mode=True), 'models/m', tmp_path/'log.sqlite')
+    env = launch.kernel_env(s)
     assert env == {'BEAR_MODEL_DIR': str(tmp_path/'models'/'m'), 'BEAR_MODELS': str(tmp_path/'models'),
                    'BEAR_LOG_DB': str(tmp_path/'log.sqlite'), 'BEAR_REVIEW_MODE': '1', 'BEAR_REVIEW_ROOT': str(tmp_path/'queue')}
     back = Settings.from_env(env)
     assert back == s and all(Path(getattr(back, f)).is_absolute() for f in ('model_dir', 'models', 'log_db', 'review_root'))
-    off = bapp.served_settings(Settings(), tmp_path/'m', None)
-    assert bapp.kernel_env(off)['BEAR_LOG_DB'] == 'off' and bapp.kernel_env(off)['BEAR_REVIEW_MODE'] == '0'
-    assert 'BEAR_REVIEW_ROOT' not in bapp.kernel_env(off)                          # unset: review/ beside the log
+    off = launch.served_settings(Settings(), tmp_path/'m', None)
+    assert launch.kernel_env(off)['BEAR_LOG_DB'] == 'off' and launch.kernel_env(off)['BEAR_REVIEW_MODE'] == '0'
+    assert 'BEAR_REVIEW_ROOT' not in launch.kernel_env(off)                          # unset: review/ beside the log
 
 
 def test_the_page_loads_the_model_bear_app_chose(predictor):
@@ -406,12 +410,81 @@ def test_the_page_loads_the_model_bear_app_chose(predictor):
     assert (p.name, p.version, p.vocab) == (predictor.name, predictor.version, predictor.vocab)
 
 
-def test_app_reads_no_environment_and_imports_no_other_front_end():
+@pytest.mark.parametrize('mod', [bapp, launch])
+def test_app_reads_no_environment_and_imports_no_other_front_end(mod):
     "Configuration comes only through bear_classifier.files; app and the JSON service never import each other"
-    tree = ast.parse(Path(bapp.__file__).read_text())
+    tree = ast.parse(Path(mod.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not {m for m in imported if m and m.split('.')[-1] in ('api', 'service', 'testing')}, imported
     names = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
              and re.fullmatch(r'BEAR_[A-Z_]+', n.value)]
     assert not names, names                                                        # no BEAR_* variable named by hand
+
+
+# ---- words from the card (issue 12): any labels, no bears in the code --------------------------------
+
+class Stub:
+    "A predictor for a model that knows nothing about bears"
+    def __init__(self, vocab, task=None, in_domain=True):
+        self.name, self.version, self.kind, self.vocab, self.in_domain = 'mine', '1', 'trained', list(vocab), in_domain
+        self.card = {'vocab': self.vocab, **({'task': task} if task else {})}
+    def predict(self, img):
+        from bear_classifier.inference import Prediction
+        probs = {l: 1 / len(self.vocab) for l in self.vocab}
+        return Prediction(self.vocab[0], 0, probs[self.vocab[0]], probs, self.in_domain, .5, .4)
+
+
+def page_text(app):
+    "Everything the page shows in words: the widgets' texts"
+    out = []
+    for w in [*app.box.children, *app.feedback.children]:
+        for k in ('value', 'description'):
+            v = getattr(w, k, None)
+            if isinstance(v, str): out.append(re.sub('<[^>]+>', ' ', v))
+        if isinstance(w, widgets.Dropdown): out += [t for t, _ in w.options]
+    return ' '.join(out)
+
+
+def test_a_non_bear_model_says_nothing_about_bears(logdb):
+    app = BearApp(Stub(['citroen_2cv', 'renault_4', 'vw_beetle'], in_domain=False), log=logdb)
+    upload(app, jpeg(Image.new('RGB', (64, 64), (10, 200, 30)))); click(app)
+    assert app.label.value == "This doesn't look like a citroen_2cv, renault_4 or vw_beetle"
+    assert app.title == 'Citroen_2cv, renault_4 or vw_beetle?' and app.fixes[NOT_A_BEAR].description == 'none of these'
+    assert 'bear' not in page_text(app).lower(), page_text(app)
+    with_task = BearApp(Stub(['black', 'grizzly'], task='bear', in_domain=False))
+    upload(with_task, jpeg(Image.new('RGB', (64, 64)))); click(with_task)
+    assert with_task.label.value == "This doesn't look like a bear" and with_task.instructions == 'Upload a photo of a bear, then click Classify.'
+
+
+def test_many_labels_get_a_dropdown(logdb):
+    labels = [f'plant_{i}' for i in range(9)]
+    app = BearApp(Stub(labels, task='houseplant'), log=logdb)
+    assert app.fixes == {} and app.pick is not None and app.title == 'Which houseplant?'
+    upload(app, jpeg(Image.new('RGB', (64, 64)))); click(app)
+    pick, send = app.pick
+    assert [a for _, a in pick.options][-1] == 'plant_0' and pick.value != 'plant_0'      # the model's answer last, not first
+    assert ('not a houseplant', NOT_A_BEAR) in pick.options
+    pick.value = 'plant_5'; send.click()
+    assert 'saved as plant_5' in app.thanks.value and send.disabled and pick.disabled
+    assert rows(logdb)[-1]['feedback'] == 'plant_5'
+
+
+# ---- the page's server: the kernel ceiling (issue 16) -------------------------------------------------
+
+def test_bear_app_refuses_a_ceiling_with_no_room_for_a_visitor():
+    with pytest.raises(SystemExit) as e: launch.kernel_ceiling(ROOT, 1, 1)
+    assert 'leaves no kernel for a visitor' in str(e.value)
+
+
+def test_kernel_manager_ceiling():
+    "Reservations and starts never add up past max_kernels; a visitor's start past it is a 503, not a kernel"
+    import asyncio
+    km = launch.CappedKernelManager(max_kernels=3)
+    assert [km.admit() for _ in range(4)] == [True, True, True, False]
+    km.release(); km.release(); km.release()
+    km.starting = 3
+    with pytest.raises(launch.KernelsBusy) as e: asyncio.run(km.start_kernel(env={'VOILA_PREHEAT': 'False'}))
+    assert e.value.status_code == 503 and not km.admit()
+    page = launch.busy_page(3)
+    assert 'try again' in page and 'bear' not in page.lower()

@@ -21,7 +21,7 @@ ARTIFACTS = ROOT/'tests'/'artifacts'
 CHROMIUM = '/usr/bin/chromium'
 CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                  '--disable-background-networking', '--disable-component-update', '--disable-sync']
-SENTENCE = re.compile(r'^(Prediction: (grizzly|black|teddy); Probability: [01]\.\d{4}|This does not look like a bear)$')
+SENTENCE = re.compile(r"^(Prediction: (grizzly|black|teddy); Probability: [01]\.\d{4}|This doesn't look like a .+)$")
 STARTUP_S = 240      # bear-app: start Voila, pre-heat a kernel (torch + fastai + model) on a busy machine
 STEP_MS = 90_000     # one upload + classify, on a busy 2-core machine
 
@@ -128,9 +128,11 @@ def check_label(text, is_grizzly):
 
 
 def test_page(page):
-    assert page.title() == 'Bear classifier'
-    assert 'Grizzly, black or teddy?' in page.inner_text('.bear-app')
-    assert 'Upload a photo of a bear, then click Classify.' in page.inner_text('.bear-app')
+    from bear_classifier.app import page_words
+    from bear_classifier.bundle import read_card
+    words = page_words(read_card(testing.starter_bundle()))                 # the card's words
+    assert page.title() == words['title']
+    assert words['title'] in page.inner_text('.bear-app') and words['instructions'] in page.inner_text('.bear-app')
     assert 'starter' in page.inner_text('.bear-model-text')
     assert 'logged without the photo' in page.inner_text('.bear-privacy-text')
     assert not page.locator('.bear-feedback').is_visible()                  # nothing to judge yet
@@ -174,7 +176,9 @@ def test_text_file(page, bear, tmp_path):
 def test_coffee(page, tmp_path):
     from skimage import data as sk
     text = upload_and_classify(page, save_jpeg(Image.fromarray(sk.coffee()), tmp_path/'coffee.jpg'))
-    assert text == 'This does not look like a bear'
+    from bear_classifier.app import page_words
+    from bear_classifier.bundle import read_card
+    assert text == page_words(read_card(testing.starter_bundle()))['none']
     assert page.locator('.bear-thumbnail img').count() == 1
     shot(page, '3_coffee')
 
@@ -222,3 +226,117 @@ def test_over_the_upload_limit(page, bear, tmp_path):
 def test_nothing_fetched_from_outside(page):
     outside = [u for u in page.requests if not re.match(r'^(https?|wss?)://127\.0\.0\.1[:/]', u) and not u.startswith(('data:', 'blob:'))]
     assert page.requests and not outside, outside
+
+
+# ---- a crowd (issue 16): the kernel ceiling, the busy page, idle kernels shut down -------------------
+
+def start_app(tmp, *args):
+    "bear-app on a free port with `args`; (process, url, log file) once it listens"
+    port, log = testing.free_port(), tmp/'bear-app.log'
+    proc = subprocess.Popen([str(BIN/'bear-app'), '--port', str(port), '--log', 'off', *map(str, args)], cwd=ROOT,
+                            stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.time()
+    while True:
+        if proc.poll() is not None: pytest.fail(f'bear-app exited with {proc.returncode}:\n{log.read_text()[-3000:]}')
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=1): return proc, f'http://127.0.0.1:{port}/', log
+        except OSError:
+            if time.time() - t0 > STARTUP_S: pytest.fail(f'bear-app did not listen within {STARTUP_S}s')
+            time.sleep(0.5)
+
+
+def stop_app(proc):
+    try: os.killpg(proc.pid, signal.SIGTERM); proc.wait(30)
+    except (ProcessLookupError, subprocess.TimeoutExpired): pass
+    try: os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError: pass
+
+
+def kernel_count(proc):
+    import psutil
+    n = 0
+    for c in psutil.Process(proc.pid).children(recursive=True):
+        try: n += 'ipykernel' in ' '.join(c.cmdline())
+        except psutil.Error: pass
+    return n
+
+
+def get(url, headers=None, timeout=STARTUP_S):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as r: return r.status, r.read()
+    except urllib.error.HTTPError as e: return e.code, e.read()
+
+
+def test_twenty_visitors_at_once_never_run_more_kernels_than_the_ceiling(tmp_path):
+    import threading
+    cap, idle = 3, 20
+    proc, url, log = start_app(tmp_path, '--model', testing.starter_bundle(), '--max-kernels', cap, '--idle', idle)
+    try:
+        t0 = time.time()
+        while kernel_count(proc) < 1 and time.time() - t0 < STARTUP_S: time.sleep(1)
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(get(url))) for _ in range(20)]
+        for t in threads: t.start()
+        samples = []
+        while any(t.is_alive() for t in threads): samples.append(kernel_count(proc)); time.sleep(1)   # sampled each second
+        assert max(samples) <= cap, samples
+        busy = [b for code, b in answers if code == 503]
+        assert len(answers) == 20 and len(busy) >= 20 - cap and all(b'busy-title' in b for b in busy)
+        assert all(code in (200, 503) for code, _ in answers)
+        t1 = time.time()                                           # idle kernels are shut down: back to the pre-heated one
+        while kernel_count(proc) > 1 and time.time() - t1 < idle * 6: samples.append(kernel_count(proc)); time.sleep(1)
+        assert kernel_count(proc) == 1 and max(samples) <= cap, samples
+        # point 7: a foreign Host header, kernel info, template URLs
+        assert get(url, {'Host': 'evil.example.com'})[0] == 403
+        assert get(url + 'api/kernels/0b1c4a9e-8c1e-4b8a-9d6e-1f2a3b4c5d6e')[0] == 404            # no such kernel
+        import json, re as _re
+        kid = _re.search(rb'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', get(url)[1])
+        if kid:                                                    # a kernel the page named: its id and name, nothing more
+            code, body = get(url + 'api/kernels/' + kid.group(0).decode())
+            assert code in (200, 404) and (code == 404 or set(json.loads(body)) == {'id', 'name'})
+        assert get(url + 'voila/templates/')[0] == 404 and get(url + 'voila/templates/lab')[0] == 404
+    finally: stop_app(proc)
+
+
+def test_busy_page_in_a_browser(tmp_path, page):
+    "The visitor past the ceiling sees the busy page (--max-kernels 2 with one pre-heated kernel: one visitor at a time)"
+    proc, url, log = start_app(tmp_path, '--model', testing.starter_bundle(), '--max-kernels', 2)
+    browser = page.context.browser                                 # the module's browser (one playwright per process)
+    try:
+        first = browser.new_page(); first.goto(url, timeout=STARTUP_S*1000)
+        first.wait_for_selector('.bear-model-text', timeout=STARTUP_S*1000)
+        second = browser.new_page(viewport={'width': 900, 'height': 500}); r = second.goto(url, timeout=STARTUP_S*1000)
+        assert r.status == 503 and 'try again' in second.inner_text('body')
+        second.screenshot(path=str(ARTIFACTS/'app_busy.png'), full_page=True)
+        first.close(); second.close()
+    finally: stop_app(proc)
+
+
+@pytest.fixture(scope='module')
+def cat_coffee_bundle(tmp_path_factory):
+    "A model that knows nothing about bears: cat or coffee, trained on crops of scikit-image photos"
+    from bear_classifier.export import export_bundle
+    tmp = tmp_path_factory.mktemp('catcoffee')
+    photos = testing.sample_photos()
+    crop = lambda im, j: im.crop((j * 9, j * 6, im.width - j * 4, im.height - j * 5))
+    run = testing.tiny_run(tmp/'run', images={'cat': [crop(photos['chelsea'], j) for j in range(4)],
+                                              'coffee': [crop(photos['coffee'], j) for j in range(4)]})
+    return export_bundle(run, dest=tmp/'models', name='cat-or-coffee')
+
+
+def test_a_non_bear_model_on_the_page_says_nothing_about_bears(tmp_path, cat_coffee_bundle, page):
+    proc, url, log = start_app(tmp_path, '--model', cat_coffee_bundle)
+    browser = page.context.browser
+    try:
+        if True:
+            pg = browser.new_page(viewport={'width': 900, 'height': 1000}); pg.goto(url, timeout=STARTUP_S*1000)
+            pg.wait_for_selector('.bear-model-text', timeout=STARTUP_S*1000)
+            assert pg.title() == 'Cat or coffee?'
+            text = upload_and_classify(pg, save_jpeg(testing.sample_photos()['chelsea'], tmp_path/'cat.jpg'))
+            assert text.startswith('Prediction: ') or text == "This doesn't look like a cat or coffee", text
+            upload_and_classify(pg, save_jpeg(testing.sample_photos()['rocket'], tmp_path/'rocket.jpg'))
+            pg.screenshot(path=str(ARTIFACTS/'app_non_bear.png'), full_page=True)
+            shown = pg.inner_text('body') + ' ' + pg.title()
+            pg.close()
+        assert 'bear' not in shown.lower(), shown
+    finally: stop_app(proc)
