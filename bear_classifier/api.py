@@ -20,8 +20,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 from fastcore.script import call_parse
 
 from . import __version__
-from .files import Settings, SettingsError, atomic_write, log_path
-from .predlog import NOT_A_BEAR, log_problem
+from .files import Settings, SettingsError, atomic_write, log_location
+from .predlog import NOT_A_BEAR, log_name, log_problem
 from .service import ANSWERS, RETRY, ServiceState, Unprocessable, LimitUploadSize
 from .service import as_service_error, error_response, upload_limits, bind_socket
 
@@ -235,11 +235,11 @@ def write_openapi(path) -> Path:
     return atomic_write(path, json.dumps(openapi_schema(), indent=2) + '\n')
 
 # %% ../nbs/16_api.ipynb #c075
-def check_log(s:Settings) -> Path|None:
-    "The log `bear-serve` will write (None: `off`); a warning on stderr, not an exit, when it cannot be written now"
-    path = log_path(s)
+def check_log(s:Settings) -> Path|str|None:
+    "The log `bear-serve` will write (a path or a database URL; None: `off`); a warning on stderr, not an exit, when it cannot be written now"
+    path = log_location(s)
     if path is not None and (problem := log_problem(path)):
-        print(f"bear-serve: warning: the prediction log {path} cannot be written ({problem}); "
+        print(f"bear-serve: warning: the prediction log {log_name(path)} cannot be written ({problem}); "
               "the service will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
     return path
 
@@ -249,7 +249,7 @@ def serve(s:Settings, sock, log_level:str='info', access_log:bool=True):
     logging.basicConfig(level=log_level.upper(), format='%(levelname)s:     %(message)s')
     logdb, (h, p) = check_log(s), sock.getsockname()[:2]
     print(f"bear-serve: listening on http://{h}:{p} (workers={s.workers}, queue={s.queue}, max upload {s.max_upload_bytes:,} bytes); "
-          + (f"prediction log {logdb}; " if logdb else 'predictions not logged; ') + "GET /health says ready once the model is loaded", flush=True)
+          + (f"prediction log {log_name(logdb)}; " if logdb else 'predictions not logged; ') + "GET /health says ready once the model is loaded", flush=True)
     config = uvicorn.Config(create_app(settings=s), log_level=log_level, access_log=access_log,
                             limit_concurrency=max(64, 4 * (s.workers + s.queue)), timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
@@ -267,7 +267,7 @@ def bear_serve(
     queue:int=None,            # requests that may wait for a worker before 503 busy (env BEAR_QUEUE; default 32)
     cors_origins:str=None,     # comma-separated browser origins allowed to call the API, '*' for any (env BEAR_CORS_ORIGINS; default none)
     threads:int=None,          # threads one inference may use (env BEAR_THREADS; default: all cores)
-    log:str=None,              # prediction log (SQLite) path, or `off` (env BEAR_LOG_DB; default: data/predictions.sqlite in the project)
+    log:str=None,              # prediction log: SQLite path, postgresql://USER@HOST/DB, or `off` (env BEAR_LOG_DB; default: data/predictions.sqlite in the project)
     review_root:str=None,      # where corrections sent to /feedback are saved (env BEAR_REVIEW_ROOT; default: review/ beside the log)
     log_level:str='info',      # uvicorn log level: critical, error, warning, info, debug
     access_log:bool=True,      # one log line per request; --no-access-log turns it off

@@ -1,4 +1,4 @@
-"""Every answer any front end gives, logged in one SQLite file; verdicts on them; corrections saved into the review queue.
+"""Every answer any front end gives, logged in one SQLite file (or one PostgreSQL database); verdicts on them; corrections saved into the review queue.
 
 Docs: https://bear-classifier.github.io/bear_classifier/predlog.html.md"""
 
@@ -11,37 +11,36 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+import sqlalchemy as sa
 from fastcore.basics import patch
+from sqlalchemy.schema import CreateIndex, CreateTable
 
-from .files import atomic_write, log_path, one_line, review_dir, settings, sha256_bytes, utc_now
+from .files import atomic_write, is_url, log_location, one_line, review_dir, settings, sha256_bytes, utc_now
 from .images import ImageError, decode_bytes, image_format
 from .manifest import append_manifest, phash_hex, read_manifest
 
 # %% auto #0
-__all__ = ['SCHEMA', 'NOT_A_BEAR', 'row_answer', 'PredictionLog', 'review_row', 'log_problem', 'LogOff', 'LogUnavailable',
-           'LogBusy', 'PredictionRecorder']
+__all__ = ['PREDICTIONS', 'NOT_A_BEAR', 'row_answer', 'log_name', 'engine_url', 'open_engine', 'create_table', 'PredictionLog',
+           'review_row', 'log_problem', 'LogOff', 'LogUnavailable', 'LogBusy', 'PredictionRecorder']
 
 # %% ../nbs/04_predlog.ipynb #c006
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,                 -- ISO-8601 UTC
-    model_name TEXT, model_version TEXT, model_kind TEXT,
-    frontend TEXT NOT NULL,           -- app | api | cli | replay
-    label TEXT NOT NULL,              -- the model's answer (top class)
-    probability REAL NOT NULL,
-    probs TEXT NOT NULL,              -- JSON {label: p}
-    in_domain INTEGER NOT NULL,       -- 0: "not a bear"
-    sha256 TEXT, width INTEGER, height INTEGER, nbytes INTEGER,
-    latency_ms REAL,
-    image_path TEXT,                  -- only when images are kept or feedback was given
-    feedback TEXT,                    -- a user's verdict: the right label, or 'not_a_bear'
-    feedback_ts TEXT,
-    reviewer TEXT,                    -- human-in-the-loop verdict (the reviewer's label)
-    reviewer_ts TEXT
-);
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions(ts);
-"""
+PREDICTIONS = sa.Table(
+    'predictions', sa.MetaData(),
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), primary_key=True),
+    sa.Column('ts', sa.Text, nullable=False),                       # ISO-8601 UTC
+    sa.Column('model_name', sa.Text), sa.Column('model_version', sa.Text), sa.Column('model_kind', sa.Text),
+    sa.Column('frontend', sa.Text, nullable=False),                 # app | api | cli | replay
+    sa.Column('label', sa.Text, nullable=False),                    # the model's answer (top class)
+    sa.Column('probability', sa.Double, nullable=False),
+    sa.Column('probs', sa.Text, nullable=False),                    # JSON {label: p}
+    sa.Column('in_domain', sa.Integer, nullable=False),             # 0: "not a bear"
+    sa.Column('sha256', sa.Text), sa.Column('width', sa.Integer), sa.Column('height', sa.Integer),
+    sa.Column('nbytes', sa.Integer), sa.Column('latency_ms', sa.Double),
+    sa.Column('image_path', sa.Text),                               # only when images are kept or feedback was given
+    sa.Column('feedback', sa.Text), sa.Column('feedback_ts', sa.Text),   # a user's verdict: the right label, or 'not_a_bear'
+    sa.Column('reviewer', sa.Text), sa.Column('reviewer_ts', sa.Text),   # human-in-the-loop verdict (the reviewer's label)
+    sa.Index('predictions_ts', 'ts'),
+    sqlite_autoincrement=True)
 
 # %% ../nbs/04_predlog.ipynb #c009
 NOT_A_BEAR = 'not_a_bear'
@@ -51,45 +50,112 @@ def row_answer(row:dict) -> str:
     return row['label'] if row['in_domain'] else NOT_A_BEAR
 
 # %% ../nbs/04_predlog.ipynb #c012
-def _retry(fn, tries:int=12, base:float=0.01):
-    "Call `fn`, retrying with jittered exponential backoff while SQLite reports a lock"
-    for i in range(tries):
-        try: return fn()
-        except sqlite3.OperationalError as e:
-            if 'locked' not in str(e) and 'busy' not in str(e) or i == tries-1: raise
-            time.sleep(base * 2**i * (0.5 + random.random()))
+def _location(x) -> Path|str:
+    "Log location `x` as a `Path` (a SQLite file: a path or `sqlite:///PATH`), or the URL string of a database server"
+    if isinstance(x, Path) or not is_url(x): return Path(x).expanduser()
+    if not str(x).startswith('sqlite:'): return str(x)
+    db = sa.engine.make_url(str(x)).database
+    if not db or db == ':memory:': raise ValueError(f'{x}: an in-memory SQLite log forgets every answer; give a file, sqlite:///PATH')
+    return Path(db).expanduser()
 
 # %% ../nbs/04_predlog.ipynb #c015
+def log_name(loc) -> str:
+    "How to print log location `loc`: a path as it is, a URL with its password masked, 'off' for None"
+    if loc is None: return 'off'
+    if not is_url(loc): return str(loc)
+    try: return sa.engine.make_url(str(loc)).render_as_string(hide_password=True)
+    except Exception: return str(loc).split('://')[0] + '://…'
+
+# %% ../nbs/04_predlog.ipynb #c018
+def engine_url(loc) -> sa.URL:
+    "The SQLAlchemy URL of log location `loc`: `sqlite` for a file, `postgresql+psycopg` (psycopg 3) for a server"
+    loc = _location(loc)
+    if isinstance(loc, Path): return sa.URL.create('sqlite', database=str(loc))
+    url = sa.engine.make_url(loc.replace('postgres://', 'postgresql://', 1))
+    if url.get_backend_name() != 'postgresql':
+        raise ValueError(f'unsupported prediction log {log_name(loc)}: give a SQLite path (or sqlite:///PATH) or postgresql://USER@HOST/DB')
+    return url.set(drivername='postgresql+psycopg')
+
+# %% ../nbs/04_predlog.ipynb #c021
+def _sqlite_pragmas(dbapi_con, record):
+    "A new SQLite connection: WAL journal, wait 5 s for a lock, fsync at checkpoints only"
+    for pragma in ('journal_mode=WAL', 'busy_timeout=5000', 'synchronous=NORMAL'): dbapi_con.execute(f'PRAGMA {pragma}')
+
+# %% ../nbs/04_predlog.ipynb #c023
+def open_engine(loc) -> sa.Engine:
+    "The connection pool of log location `loc` (autocommit): SQLite with WAL, or PostgreSQL through psycopg 3"
+    url = engine_url(loc)
+    if url.get_backend_name() == 'sqlite':
+        engine = sa.create_engine(url, isolation_level='AUTOCOMMIT', connect_args=dict(timeout=5, check_same_thread=False))
+        sa.event.listen(engine, 'connect', _sqlite_pragmas)
+        return engine
+    try: return sa.create_engine(url, isolation_level='AUTOCOMMIT', pool_pre_ping=True, connect_args=dict(connect_timeout=5))
+    except ImportError as e:
+        raise ImportError(f"a PostgreSQL prediction log needs psycopg 3: pip install 'bear_classifier[scale]' ({e})") from None
+
+# %% ../nbs/04_predlog.ipynb #c026
+def _transient(e:Exception) -> bool:
+    "Is `e` worth another try: a SQLite lock held by another writer, or a server connection that dropped?"
+    return 'locked' in str(e) or 'busy' in str(e) or bool(getattr(e, 'connection_invalidated', False))
+
+# %% ../nbs/04_predlog.ipynb #c028
+def _retry(fn, tries:int=12, base:float=0.01):
+    "Call `fn`, retrying with jittered exponential backoff while the log is locked or its connection dropped"
+    for i in range(tries):
+        try: return fn()
+        except (sa.exc.OperationalError, sqlite3.OperationalError) as e:
+            if not _transient(e) or i == tries-1: raise
+            time.sleep(base * 2**i * (0.5 + random.random()))
+
+# %% ../nbs/04_predlog.ipynb #c031
+_CREATE_LOCK = 0x62656172          # 'bear': the advisory lock the replicas take while creating the table
+
+def create_table(con:sa.Connection):
+    "Create the predictions table and its index on connection `con` unless they exist"
+    pg = con.dialect.name == 'postgresql'
+    if pg: con.execute(sa.text('SELECT pg_advisory_lock(:k)'), dict(k=_CREATE_LOCK))
+    try:
+        con.execute(CreateTable(PREDICTIONS, if_not_exists=True))
+        for ix in PREDICTIONS.indexes: con.execute(CreateIndex(ix, if_not_exists=True))
+    finally:
+        if pg: con.execute(sa.text('SELECT pg_advisory_unlock(:k)'), dict(k=_CREATE_LOCK))
+
+# %% ../nbs/04_predlog.ipynb #c034
 class PredictionLog:
-    "Append-only log of predictions and verdicts in a SQLite file (WAL mode, safe across processes)"
+    "Append-only log of predictions and verdicts: a SQLite file (WAL, safe across processes) or a PostgreSQL database"
     def __init__(self, path=None, keep_images:bool|None=None, review_root=None):
-        path = path or log_path()
-        if path is None: raise ValueError('the prediction log is switched off (BEAR_LOG_DB=off); pass a path')
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        path = path or log_location()
+        if path is None: raise ValueError('the prediction log is switched off (BEAR_LOG_DB=off); pass a path or a database URL')
+        self.path = _location(path)
+        if isinstance(self.path, Path): self.path.parent.mkdir(parents=True, exist_ok=True)
         s = settings(log_db=str(self.path))
         self.keep_images = s.keep_images if keep_images is None else bool(keep_images)
         self.review_root = Path(review_root).expanduser() if review_root else review_dir(s)
-        self._con = None
-        _retry(lambda: self.con.executescript(SCHEMA))
+        self._engine = None
+        self._do(create_table)
+
+    def __repr__(self): return f'PredictionLog({log_name(self.path)!r})'
 
     @property
-    def con(self) -> sqlite3.Connection:
-        "The connection, opened on first use: autocommit, WAL, a 5 s busy timeout"
-        if self._con is None:
-            self._con = sqlite3.connect(self.path, timeout=5, isolation_level=None, check_same_thread=False)
-            self._con.execute('PRAGMA journal_mode=WAL')
-            self._con.execute('PRAGMA busy_timeout=5000')
-            self._con.execute('PRAGMA synchronous=NORMAL')
-        return self._con
+    def engine(self) -> sa.Engine:
+        "The connection pool, opened on first use"
+        if self._engine is None: self._engine = open_engine(self.path)
+        return self._engine
 
-    def close(self):
-        if self._con is not None: self._con.close(); self._con = None
+# %% ../nbs/04_predlog.ipynb #c036
+@patch
+def _do(self:PredictionLog, fn:Callable):
+    "`fn(connection)` on a pooled connection (each statement commits), retried while the log is locked"
+    def once():
+        with self.engine.connect() as con: return fn(con)
+    return _retry(once)
 
-    def _write(self, sql, args=()):
-        return _retry(lambda: self.con.execute(sql, args))
+@patch
+def close(self:PredictionLog):
+    "Close every pooled connection; the next use opens the pool again"
+    if self._engine is not None: self._engine.dispose(); self._engine = None
 
-# %% ../nbs/04_predlog.ipynb #c018
+# %% ../nbs/04_predlog.ipynb #c039
 @patch
 def log(self:PredictionLog, pred, frontend:str, model:dict|None=None, image:bytes|None=None, size=None,
         latency_ms:float|None=None, ts:str|None=None) -> int:
@@ -98,17 +164,16 @@ def log(self:PredictionLog, pred, frontend:str, model:dict|None=None, image:byte
     model = model or d.get('model') or {}
     probs = d.get('probs', d.get('probabilities', {}))
     sha = sha256_bytes(image) if image else d.get('sha256')
-    w, h = size or (None, None)
+    w, h = (None, None) if size is None else (int(size[0]), int(size[1]))
     path = self._save_image(image, sha, 'kept') if (image and self.keep_images) else None
-    cur = self._write(
-        'INSERT INTO predictions (ts, model_name, model_version, model_kind, frontend, label, probability, probs,'
-        ' in_domain, sha256, width, height, nbytes, latency_ms, image_path) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)',
-        (ts or utc_now(), model.get('name'), str(model.get('version') or ''), model.get('kind'), frontend,
-         d['label'], float(d['probability']), json.dumps(probs), int(bool(d.get('in_domain', True))),
-         sha, w, h, len(image) if image else None, latency_ms, None if path is None else str(path)))
-    return cur.lastrowid
+    row = dict(ts=ts or utc_now(), model_name=model.get('name'), model_version=str(model.get('version') or ''),
+               model_kind=model.get('kind'), frontend=frontend, label=d['label'], probability=float(d['probability']),
+               probs=json.dumps(probs), in_domain=int(bool(d.get('in_domain', True))), sha256=sha, width=w, height=h,
+               nbytes=len(image) if image else None, latency_ms=None if latency_ms is None else float(latency_ms),
+               image_path=None if path is None else str(path))
+    return self._do(lambda c: c.execute(sa.insert(PREDICTIONS).values(row)).inserted_primary_key[0])
 
-# %% ../nbs/04_predlog.ipynb #c021
+# %% ../nbs/04_predlog.ipynb #c042
 _EXTENSIONS = {'JPEG': '.jpg', 'PNG': '.png', 'WEBP': '.webp', 'GIF': '.gif', 'BMP': '.bmp', 'TIFF': '.tif'}
 
 @patch
@@ -118,49 +183,50 @@ def _save_image(self:PredictionLog, image:bytes, sha:str, label:str) -> Path:
     if not dest.exists(): atomic_write(dest, image)
     return dest
 
-# %% ../nbs/04_predlog.ipynb #c024
-def _dicts(cur) -> list[dict]:
-    "The rows of cursor `cur` as dicts keyed by column name"
-    cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+# %% ../nbs/04_predlog.ipynb #c045
+@patch
+def _select(self:PredictionLog, query) -> list[dict]:
+    "The rows `query` selects, as dicts keyed by column name"
+    return self._do(lambda c: [dict(m) for m in c.execute(query).mappings()])
 
-# %% ../nbs/04_predlog.ipynb #c026
+# %% ../nbs/04_predlog.ipynb #c047
 @patch
 def rows(self:PredictionLog, since:str|None=None, until:str|None=None) -> list[dict]:
     "Logged rows (as dicts), optionally within [since, until) by ISO timestamp"
-    q, args = 'SELECT * FROM predictions WHERE 1=1', []
-    if since: q += ' AND ts >= ?'; args.append(since)
-    if until: q += ' AND ts < ?'; args.append(until)
-    return _dicts(_retry(lambda: self.con.execute(q + ' ORDER BY ts, id', args)))
+    q, ts = sa.select(PREDICTIONS), PREDICTIONS.c.ts
+    if since: q = q.where(ts >= since)
+    if until: q = q.where(ts < until)
+    return self._select(q.order_by(ts, PREDICTIONS.c.id))
 
-# %% ../nbs/04_predlog.ipynb #c028
+# %% ../nbs/04_predlog.ipynb #c049
 @patch
 def count(self:PredictionLog) -> int:
     "How many predictions are logged"
-    return _retry(lambda: self.con.execute('SELECT COUNT(*) FROM predictions').fetchone()[0])
+    return self._do(lambda c: c.execute(sa.select(sa.func.count()).select_from(PREDICTIONS)).scalar_one())
 
-# %% ../nbs/04_predlog.ipynb #c030
+# %% ../nbs/04_predlog.ipynb #c052
 @patch
 def get(self:PredictionLog, pred_id:int) -> dict|None:
     "The logged row `pred_id` as a dict, or None"
-    rows = _dicts(_retry(lambda: self.con.execute('SELECT * FROM predictions WHERE id=?', (pred_id,))))
+    if not 0 < int(pred_id) < 2**63: return None
+    rows = self._select(sa.select(PREDICTIONS).where(PREDICTIONS.c.id == int(pred_id)))
     return rows[0] if rows else None
 
-# %% ../nbs/04_predlog.ipynb #c033
+# %% ../nbs/04_predlog.ipynb #c055
 @patch
 def logged_answer(self:PredictionLog, pred_id:int) -> dict|None:
     "The answer (`NOT_A_BEAR` when out of domain) and image hash of prediction `pred_id`; None if unknown"
     row = self.get(pred_id)
     return None if row is None else dict(answer=row_answer(row), sha256=row['sha256'])
 
-# %% ../nbs/04_predlog.ipynb #c036
+# %% ../nbs/04_predlog.ipynb #c058
 def review_row(path:Path, root:Path, label:str, image:bytes) -> dict:
     "The review queue's manifest row for `image`, saved at `path` inside queue `root`"
     im = decode_bytes(image, max_bytes=max(len(image), 1))
     return dict(file=Path(path).relative_to(root).as_posix(), label=label, source='feedback', sha256=sha256_bytes(image),
                 phash=phash_hex(im), width=im.width, height=im.height, status='ok')
 
-# %% ../nbs/04_predlog.ipynb #c039
+# %% ../nbs/04_predlog.ipynb #c061
 @patch
 def _queue(self:PredictionLog, image:bytes, label:str) -> Path:
     "Save `image` into the review queue under `label` (file and manifest row, each once); its path"
@@ -170,20 +236,26 @@ def _queue(self:PredictionLog, image:bytes, label:str) -> Path:
         append_manifest(self.review_root, [review_row(path, self.review_root, label, image)])
     return path
 
-# %% ../nbs/04_predlog.ipynb #c041
+# %% ../nbs/04_predlog.ipynb #c063
+@patch
+def _update(self:PredictionLog, pred_id:int, values:dict):
+    "Set the columns in `values` on row `pred_id`"
+    self._do(lambda c: c.execute(sa.update(PREDICTIONS).where(PREDICTIONS.c.id == pred_id).values(values)))
+
+# %% ../nbs/04_predlog.ipynb #c065
 @patch
 def feedback(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, reviewer:bool=False) -> Path|None:
     "Record the right `label` for prediction `pred_id`; a correction saves `image` into the review queue"
     row = self.get(pred_id)
     if row is None: raise KeyError(f'no prediction with id {pred_id}')
     col = 'reviewer' if reviewer else 'feedback'
-    self._write(f'UPDATE predictions SET {col}=?, {col}_ts=? WHERE id=?', (label, utc_now(), pred_id))
+    self._update(pred_id, {col: label, f'{col}_ts': utc_now()})
     if label == row_answer(row) or not image: return None
     path = self._queue(image, label)
-    self._write('UPDATE predictions SET image_path=? WHERE id=?', (str(path), pred_id))
+    self._update(pred_id, dict(image_path=str(path)))
     return path
 
-# %% ../nbs/04_predlog.ipynb #c044
+# %% ../nbs/04_predlog.ipynb #c068
 @patch
 def record_verdict(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, reviewer:bool=False) -> str|None:
     "`feedback`, returning the saved photo's path relative to the review queue (`label/file`), or None"
@@ -192,38 +264,38 @@ def record_verdict(self:PredictionLog, pred_id:int, label:str, image:bytes|None=
     try: return Path(path).resolve().relative_to(Path(self.review_root).resolve()).as_posix()
     except ValueError: return f'{label}/{Path(path).name}'
 
-# %% ../nbs/04_predlog.ipynb #c047
+# %% ../nbs/04_predlog.ipynb #c071
 def log_problem(path) -> str|None:
     "Why the log at `path` cannot be opened for writing now (`Type: first line`), or None when it can"
     try: PredictionLog(path).close()
     except Exception as e: return f'{type(e).__name__}: {one_line(e)}'
     return None
 
-# %% ../nbs/04_predlog.ipynb #c050
+# %% ../nbs/04_predlog.ipynb #c074
 class LogOff(RuntimeError):
     "No prediction log is kept (`--log off`), so there is nowhere to record a verdict"
     def __init__(self, msg:str='this server keeps no prediction log (--log off), so it cannot take feedback'):
         super().__init__(msg)
 
-# %% ../nbs/04_predlog.ipynb #c052
+# %% ../nbs/04_predlog.ipynb #c076
 class LogUnavailable(RuntimeError):
     "The prediction log cannot be opened or written now; the server's stderr says why"
     def __init__(self, msg:str='the prediction log cannot be opened; the server log says why'):
         super().__init__(msg)
 
-# %% ../nbs/04_predlog.ipynb #c054
+# %% ../nbs/04_predlog.ipynb #c078
 class LogBusy(LogUnavailable):
     "The prediction log is held by another writer for longer than a request waits: retry shortly"
     def __init__(self, msg:str='the prediction log is busy; try again in a moment'):
         super().__init__(msg)
 
-# %% ../nbs/04_predlog.ipynb #c056
+# %% ../nbs/04_predlog.ipynb #c080
 class PredictionRecorder:
     "The service's `PredictionLog`, written by one background thread; a logging problem never fails a request"
     who = 'bear-serve'                 # how its lines on stderr start
     def __init__(self, path=None, review_root=None, wait_s:float=0.5, max_pending_bytes:int=64*2**20,
                  reopen_s:float=30.0, quiet_s:float=10.0):
-        self.path = Path(path) if path else None
+        self.path = _location(path) if path else None
         review_root = review_root or settings().review_root
         self.review_root = Path(review_root).expanduser().resolve() if review_root else None
         self.wait_s, self.max_pending_bytes, self.reopen_s, self.quiet_s = wait_s, max_pending_bytes, reopen_s, quiet_s
@@ -234,7 +306,7 @@ class PredictionRecorder:
     @property
     def enabled(self) -> bool: return self.path is not None
 
-# %% ../nbs/04_predlog.ipynb #c059
+# %% ../nbs/04_predlog.ipynb #c083
 @patch
 def warn(self:PredictionRecorder, kind:str, text:str):
     "One line on stderr; the same `kind` of problem at most once every `quiet_s` seconds"
@@ -247,7 +319,7 @@ def warn(self:PredictionRecorder, kind:str, text:str):
     more = f" ({hidden} more like this in the last {now - last:.0f} s)" if hidden else ''
     print(f"{self.who}: {text}{more}", file=sys.stderr, flush=True)
 
-# %% ../nbs/04_predlog.ipynb #c061
+# %% ../nbs/04_predlog.ipynb #c085
 @patch
 def _open(self:PredictionRecorder) -> PredictionLog|None:
     "The open log (on the writer thread), or None while it cannot be opened"
@@ -256,10 +328,10 @@ def _open(self:PredictionRecorder) -> PredictionLog|None:
         try: self._log, self._failed_at = PredictionLog(self.path, review_root=self.review_root), None
         except Exception as e:
             self._failed_at = time.monotonic()
-            self.warn('open', f"cannot open the prediction log {self.path} ({type(e).__name__}: {one_line(e)}); answering without logging")
+            self.warn('open', f"cannot open the prediction log {log_name(self.path)} ({type(e).__name__}: {one_line(e)}); answering without logging")
     return self._log
 
-# %% ../nbs/04_predlog.ipynb #c063
+# %% ../nbs/04_predlog.ipynb #c087
 @patch
 def start(self:PredictionRecorder):
     "Start the writer thread and open (create) the log on it, before the first request needs it"
@@ -268,13 +340,13 @@ def start(self:PredictionRecorder):
         self._executor.submit(self._open)
     return self
 
-# %% ../nbs/04_predlog.ipynb #c065
+# %% ../nbs/04_predlog.ipynb #c089
 @patch
 def _close(self:PredictionRecorder):
     "Close the log (on the writer thread); the next write reopens it"
     if self._log is not None: self._log.close(); self._log = None
 
-# %% ../nbs/04_predlog.ipynb #c067
+# %% ../nbs/04_predlog.ipynb #c091
 @patch
 def close(self:PredictionRecorder, timeout:float=5.0):
     "Write what is queued (for up to `timeout` s), then close the log"
@@ -284,18 +356,18 @@ def close(self:PredictionRecorder, timeout:float=5.0):
     except Exception: pass
     ex.shutdown(wait=False)
 
-# %% ../nbs/04_predlog.ipynb #c069
+# %% ../nbs/04_predlog.ipynb #c093
 @patch
 def _broken(self:PredictionRecorder, e:Exception, what:str):
     "A write failed: say so, and reopen the log later (a deleted folder, a full disk that was cleaned up)"
     self.errors += 1
-    self.warn('write', f"{what} not logged in {self.path} ({type(e).__name__}: {one_line(e)}); the client got its answer anyway")
-    if 'locked' not in str(e) and 'busy' not in str(e):
+    self.warn('write', f"{what} not logged in {log_name(self.path)} ({type(e).__name__}: {one_line(e)}); the client got its answer anyway")
+    if not _transient(e):
         try: self._close()
         except Exception: pass
         self._failed_at = time.monotonic()
 
-# %% ../nbs/04_predlog.ipynb #c071
+# %% ../nbs/04_predlog.ipynb #c095
 @patch
 def _write_items(self:PredictionRecorder, items, model:dict, cost:int) -> list:
     "Log `items` on the writer thread (see `record`); their row ids, None for each row not written"
@@ -316,7 +388,7 @@ def _write_items(self:PredictionRecorder, items, model:dict, cost:int) -> list:
     finally:
         with self._lock: self._pending_bytes -= cost
 
-# %% ../nbs/04_predlog.ipynb #c074
+# %% ../nbs/04_predlog.ipynb #c098
 @patch
 async def record(self:PredictionRecorder, items, model:dict) -> list:
     "Log `items`, each (prediction, image bytes, (width, height), latency in ms); their row ids, None where not (yet) written"
@@ -328,7 +400,7 @@ async def record(self:PredictionRecorder, items, model:dict) -> list:
         if not full: self._pending_bytes += cost
     if full:
         self.errors += len(items)
-        self.warn('full', f"the prediction log {self.path} is not keeping up; {len(items)} prediction(s) not logged")
+        self.warn('full', f"the prediction log {log_name(self.path)} is not keeping up; {len(items)} prediction(s) not logged")
         return none
     try: fut = self._executor.submit(self._write_items, items, model, cost)
     except RuntimeError:              # shutting down
@@ -336,10 +408,10 @@ async def record(self:PredictionRecorder, items, model:dict) -> list:
         return none
     try: return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.wait_s)
     except asyncio.TimeoutError:
-        self.warn('slow', f"the prediction log {self.path} is slow (locked?); answered without a row id, the row is written later")
+        self.warn('slow', f"the prediction log {log_name(self.path)} is slow (locked?); answered without a row id, the row is written later")
         return none
 
-# %% ../nbs/04_predlog.ipynb #c077
+# %% ../nbs/04_predlog.ipynb #c101
 @patch
 def _run(self:PredictionRecorder, fn:Callable, *args):
     "`fn(log, *args)` with the open log: the writer-thread job of `call`"
@@ -351,7 +423,7 @@ def _run(self:PredictionRecorder, fn:Callable, *args):
         self._broken(e, 'a verdict')
         raise LogUnavailable(f'the verdict could not be written to the prediction log ({type(e).__name__}); try again') from None
 
-# %% ../nbs/04_predlog.ipynb #c079
+# %% ../nbs/04_predlog.ipynb #c103
 @patch
 async def call(self:PredictionRecorder, fn:Callable, *args, timeout:float=30.0):
     "Run `fn(log, *args)` on the writer thread with the open log; `LogOff`, `LogUnavailable` or `LogBusy` when it cannot"

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .files import Settings, log_path, review_dir, models_root, sha256_bytes, one_line
+from .files import Settings, log_location, review_dir, models_root, sha256_bytes, one_line
 from .images import ImageError, decode_bytes
 from .predlog import PredictionLog, PredictionRecorder, NOT_A_BEAR, LogOff, LogUnavailable, LogBusy
 from .inference import Predictor
@@ -301,7 +301,7 @@ class ServiceState:
     def __init__(self, settings:Settings, predictor:Predictor|None=None, loader:Callable|None=None):
         self.settings, self.predictor, self.error, self.pool = settings, predictor, None, None
         self.loader = loader or partial(load_predictor, settings)
-        self.recorder = PredictionRecorder(log_path(settings), review_dir(settings))
+        self.recorder = PredictionRecorder(log_location(settings), review_dir(settings))
         self.info = model_info(predictor) if predictor is not None else None
         self.ready = threading.Event()
         if predictor is not None: self.ready.set()

@@ -1,12 +1,15 @@
-"The prediction log under concurrent writers, the feedback loop and review queue, and the service's background writer."
-import asyncio, io, multiprocessing as mp, sqlite3, time
+"""The prediction log under concurrent writers, the feedback loop and review queue, and the service's background writer,
+on SQLite (the embedded default) and on a real PostgreSQL server started for the tests (skipped, with the reason, where none can run)."""
+import asyncio, io, itertools, multiprocessing as mp, sqlite3, time
 from pathlib import Path
 import pytest
-from bear_classifier.files import sha256_bytes
+from bear_classifier.cluster import PostgresServer, postgres_problem
+from bear_classifier.files import project_root, sha256_bytes
 from bear_classifier.images import encode_jpeg
 from bear_classifier.manifest import read_manifest, usable_files
 from bear_classifier.predlog import (PredictionLog, PredictionRecorder, NOT_A_BEAR, LogOff, LogUnavailable, LogBusy,
-                                     log_problem, row_answer)
+                                     log_name, log_problem, row_answer)
+from bear_classifier.testing import free_port
 
 N_PROC, N_ROWS = 6, 800
 
@@ -14,6 +17,21 @@ def _row(label='grizzly', p=.95, ind=True): return {'label': label, 'probability
 
 @pytest.fixture(scope='module')
 def jpeg(sample_photos): return encode_jpeg(sample_photos['coffee'])
+
+@pytest.fixture(scope='module')
+def postgres():
+    "A real PostgreSQL server for this module (initdb in a temp folder, loopback port), stopped at the end"
+    if why := postgres_problem():
+        print(f'PostgreSQL tests skipped: {why}'); pytest.skip(f'PostgreSQL: {why}')
+    with PostgresServer(free_port()) as pg: yield pg
+
+_dbs = itertools.count()
+
+@pytest.fixture(params=['sqlite', 'postgresql'])
+def location(request, tmp_path):
+    "Where a test's log lives: a SQLite file, or a fresh database on the PostgreSQL server"
+    if request.param == 'sqlite': return tmp_path/'log.sqlite'
+    return request.getfixturevalue('postgres').create_database(f'predlog_{next(_dbs)}')
 
 def _writer(path, k, q):
     try:
@@ -25,8 +43,8 @@ def _writer(path, k, q):
     except Exception as e:          # any "database is locked" reaching us is a failure
         q.put((k, repr(e)))
 
-def test_concurrent_writers_lose_nothing(tmp_path):
-    path = tmp_path/'log.sqlite'
+def test_concurrent_writers_lose_nothing(location):
+    path = location
     PredictionLog(path).close()
     ctx = mp.get_context('spawn')
     q = ctx.Queue()
@@ -67,8 +85,8 @@ def test_log_problem_names_the_reason(tmp_path):
 
 # ---------------------------------------------------------------- verdicts and the review queue
 
-def test_feedback_fills_the_review_queue_once(tmp_path, jpeg):
-    log = PredictionLog(tmp_path/'log.sqlite')
+def test_feedback_fills_the_review_queue_once(location, tmp_path, jpeg):
+    log = PredictionLog(location, review_root=tmp_path/'review')
     rid = log.log(_row('teddy'), 'app', image=jpeg)
     assert log.get(rid)['image_path'] is None                     # privacy by default
     assert log.logged_answer(rid) == dict(answer='teddy', sha256=sha256_bytes(jpeg))
@@ -85,8 +103,8 @@ def test_feedback_fills_the_review_queue_once(tmp_path, jpeg):
     assert (r1['feedback'], r2['reviewer'], r2['feedback']) == (NOT_A_BEAR, NOT_A_BEAR, None)
     with pytest.raises(KeyError, match='no prediction with id'): log.feedback(10**6, 'teddy')
 
-def test_answer_of_an_out_of_domain_row_is_not_a_bear(tmp_path):
-    log = PredictionLog(tmp_path/'log.sqlite')
+def test_answer_of_an_out_of_domain_row_is_not_a_bear(location):
+    log = PredictionLog(location)
     rid = log.log(_row('teddy', .4, False), 'api')
     assert row_answer(log.get(rid)) == NOT_A_BEAR and log.logged_answer(rid)['answer'] == NOT_A_BEAR
     assert log.feedback(rid, NOT_A_BEAR, image=b'not even an image') is None   # agrees: nothing decoded or saved
@@ -124,6 +142,7 @@ def test_recorder_call_errors(tmp_path, capfd):
     assert err.startswith('bear-serve: cannot open the prediction log') and 'answering without logging' in err
     good = PredictionRecorder(tmp_path/'log.sqlite')
     assert asyncio.run(go(good, PredictionLog.logged_answer, 1)) is None
+    assert asyncio.run(go(good, PredictionLog.logged_answer, 2**70)) is None    # beyond any id: unknown, not an error
     with pytest.raises(KeyError): asyncio.run(go(good, PredictionLog.feedback, 1, 'teddy'))   # the caller's mistake, as it is
     def broken(log): raise sqlite3.DatabaseError('database disk image is malformed')
     with pytest.raises(LogUnavailable, match='could not be written'): asyncio.run(go(good, broken))
@@ -141,3 +160,39 @@ def test_recorder_drops_rows_rather_than_fill_memory(tmp_path, jpeg, capfd):
         finally: rec.close()
     assert asyncio.run(go()) == ([None], 1)
     assert 'not keeping up' in capfd.readouterr().err
+
+# ---------------------------------------------------------------- the same log on a database server
+
+def test_the_log_location_can_be_a_url(postgres, tmp_path, monkeypatch):
+    url = postgres.create_database('located')
+    monkeypatch.setenv('BEAR_LOG_DB', url)
+    log = PredictionLog()
+    assert log.path == url and log.review_root == project_root()/'data'/'review'   # no folder "beside" a server
+    rid = log.log(_row('black', .75), 'app', size=(640, 480))
+    got = PredictionLog(f'postgres://{url.split("://", 1)[1]}').get(rid)          # the old scheme name works too
+    assert (got['label'], got['probability'], got['width'], got['in_domain']) == ('black', .75, 640, 1)
+    monkeypatch.setenv('BEAR_LOG_DB', f'sqlite:///{tmp_path}/via-url.sqlite')
+    assert PredictionLog().path == tmp_path/'via-url.sqlite'
+    secret = f'postgresql://bear:s3cret@127.0.0.1:{postgres.port}/located'
+    assert 's3cret' not in log_name(secret) and log_name(secret).endswith(f':{postgres.port}/located')
+
+def test_an_unreachable_server_is_a_one_line_problem(postgres):
+    why = log_problem(f'postgresql://bear@127.0.0.1:{free_port()}/nowhere')
+    assert why and why.startswith('OperationalError') and '\n' not in why
+    assert log_problem('mysql://u@localhost/db').startswith('ValueError: unsupported prediction log')
+
+def test_recorder_on_postgres(postgres, tmp_path, jpeg):
+    url = postgres.create_database('recorder')
+    async def go():
+        rec = PredictionRecorder(url, tmp_path/'queue', wait_s=5).start()
+        try:
+            ids = await rec.record([(_row('teddy'), jpeg, (10, 10), 1.0), (_row(), None, None, 2.0)], {'name': 'm'})
+            saved = await rec.call(PredictionLog.record_verdict, ids[0], 'black', jpeg)
+            return ids, saved, await rec.call(PredictionLog.logged_answer, ids[1])
+        finally: rec.close()
+    ids, saved, answer = asyncio.run(go())
+    assert all(isinstance(i, int) for i in ids) and saved == f'black/{sha256_bytes(jpeg)[:16]}.jpg'
+    assert answer == dict(answer='grizzly', sha256=None)
+    log = PredictionLog(url)
+    assert [(r['frontend'], r['feedback']) for r in log.rows()] == [('api', 'black'), ('api', None)]
+    assert (tmp_path/'queue'/saved).read_bytes() == jpeg
