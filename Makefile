@@ -37,6 +37,7 @@ test-fast: install
 ## the notebooks with their cells flagged slow too (real training runs, full replays)
 test-slow: install
 	$(BIN)/nbdev-test --flags slow --do-print
+	$(BIN)/python -m pytest --runslow tests/test_kernel_run.py tests/test_faults.py
 
 ## notebooks -> modules, then strip outputs/metadata (run before every commit)
 export: install
@@ -78,7 +79,9 @@ bench: install
 ## ---- issue 14 (H-lab): authoring in JupyterLab, and the docs site -------------------------------
 ## JupyterLab on nbs/ at http://127.0.0.1:8888/lab/tree/nbs (the token is printed); the page's preview
 ## is http://127.0.0.1:8888/voila/render/nbs/app.ipynb on the same server (Voila's server extension).
-## Offline: no update check, no news feed. The websocket limit is voila.json's, as for `make app`.
+## Offline: no update check, no news feed, no MathJax from a CDN on the preview (as with `make app`;
+## JupyterLab has its own). The websocket limit is voila.json's, as for `make app`. The preview uses the
+## page's template (share/jupyter/voila/templates/bear: Voila's lab template without its CDN links).
 ## allow_root: CI and containers run as root (a non-root user is unaffected).
 LAB_PORT ?= 8888
 LAB_ROOT ?= $(CURDIR)
@@ -89,7 +92,7 @@ LAB_ARGS = --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --ServerApp.por
 	--LabApp.default_url=/lab/tree/nbs \
 	--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate --LabApp.news_url=None \
 	--VoilaConfiguration.template=bear \
-	--ServerApp.tornado_settings="{'websocket_max_message_size': $(LAB_WS_MAX)}"
+	--ServerApp.tornado_settings="{'websocket_max_message_size': $(LAB_WS_MAX), 'mathjax_url': None, 'mathjax_config': None}"
 .PHONY: lab docs
 lab: install
 	JUPYTER_PATH=$(CURDIR)/share/jupyter$${JUPYTER_PATH:+:$$JUPYTER_PATH} $(BIN)/jupyter lab $(LAB_ARGS)
