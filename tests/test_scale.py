@@ -76,9 +76,10 @@ def cluster_app(predictor, s):
     from bear_classifier.api import create_app
     return create_app(predictor, s)
 
-def test_page_writes_on_postgres(postgres, predictor, photos):
+def test_page_writes_on_postgres(postgres, predictor, photos, monkeypatch, tmp_path):
     "The Voilà page's BearApp: an answer and a correction, into PostgreSQL"
     pytest.importorskip('ipywidgets')
+    monkeypatch.setenv('BEAR_REVIEW_ROOT', str(tmp_path/'review'))     # a server log has no folder beside it: keep the photo out of data/
     from bear_classifier import app as page
     url = postgres.create_database('page')
     log = url if hasattr(page, 'is_url') else PredictionLog(url)       # BearApp(log=URL) once the page keeps URLs (requests.md)
@@ -92,6 +93,7 @@ def test_page_writes_on_postgres(postgres, predictor, photos):
     bear.verdict(fix)
     [r] = PredictionLog(url).rows()
     assert (r['id'], r['frontend'], r['feedback'], row_answer(r)) == (case['id'], 'app', fix, case['answer'])
+    assert len(list((tmp_path/'review'/fix).glob('*'))) == 1
 
 # ---------------------------------------------------------------- three replicas behind nginx, one killed
 
