@@ -17,8 +17,9 @@ from PIL import Image
 from .files import sha256_file, shared_data_dir
 
 # %% auto #0
-__all__ = ['TINY_LABELS', 'shared_data', 'require_shared_data', 'sample_photos', 'photo_dataset', 'tiny_run', 'starter_bundle',
-           'free_port', 'closed_port_url', 'LoopbackServer', 'serve_in_thread', 'WebServer', 'image_bytes', 'png_bomb']
+__all__ = ['TINY_LABELS', 'CHROMIUM', 'CHROMIUM_ARGS', 'shared_data', 'require_shared_data', 'sample_photos', 'photo_dataset',
+           'tiny_run', 'starter_bundle', 'free_port', 'closed_port_url', 'wait_listening', 'stop_group',
+           'LoopbackServer', 'serve_in_thread', 'WebServer', 'image_bytes', 'png_bomb']
 
 # %% ../nbs/17_testing.ipynb #c006
 def shared_data(*parts) -> Path|None:
@@ -122,6 +123,34 @@ def closed_port_url(path:str='/x.jpg') -> str:
     return f'http://127.0.0.1:{free_port()}{path}'
 
 # %% ../nbs/17_testing.ipynb #c026
+CHROMIUM = '/usr/bin/chromium'
+CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+
+# %% ../nbs/17_testing.ipynb #c029
+def wait_listening(proc, port:int, log:Path, what:str, timeout:float=180):
+    "Wait until something listens on 127.0.0.1:`port`; `RuntimeError` with the tail of `log` if `proc` exits or `timeout` passes"
+    t0 = time.time()
+    while True:
+        if proc.poll() is not None: raise RuntimeError(f'{what} exited with {proc.returncode}:\n{Path(log).read_text()[-3000:]}')
+        try:
+            with socket.create_connection(('127.0.0.1', port), timeout=1): return
+        except OSError:
+            if time.time() - t0 > timeout: raise RuntimeError(f'{what} did not listen within {timeout}s:\n{Path(log).read_text()[-3000:]}')
+            time.sleep(0.5)
+
+def stop_group(proc, grace:float=30):
+    "SIGTERM `proc`'s process group (started with `start_new_session=True`), then SIGKILL whatever is left"
+    import os, signal, subprocess
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try: proc.wait(grace)
+        except subprocess.TimeoutExpired: pass
+    try: os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError: pass
+    proc.wait()
+
+# %% ../nbs/17_testing.ipynb #c032
 class LoopbackServer:
     "uvicorn serving ASGI `app` on a background thread; `.url`, `.stop()`, usable as a context manager"
     def __init__(self, app, host:str='127.0.0.1', port:int=0, **config):
@@ -136,7 +165,7 @@ class LoopbackServer:
     def __enter__(self): return self if self.thread.is_alive() else self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/17_testing.ipynb #c027
+# %% ../nbs/17_testing.ipynb #c033
 from fastcore.basics import patch
 
 @patch
@@ -161,7 +190,7 @@ def serve_in_thread(app, host:str='127.0.0.1', port:int=0, **config) -> Loopback
     "Start serving `app` on `host:port` in a background thread and return the running server"
     return LoopbackServer(app, host, port, **config).start()
 
-# %% ../nbs/17_testing.ipynb #c030
+# %% ../nbs/17_testing.ipynb #c036
 class _Route:
     "One programmable response: body, status, headers, an initial delay, a trickle (pieces, pause), Content-Length or not"
     def __init__(self, body=b'', status=200, content_type='image/jpeg', headers=None, delay=0.,
@@ -174,7 +203,7 @@ class _QuietServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address):   # clients hanging up early is what the tests do
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)): super().handle_error(request, client_address)
 
-# %% ../nbs/17_testing.ipynb #c031
+# %% ../nbs/17_testing.ipynb #c037
 def _send(h:BaseHTTPRequestHandler, r:_Route):
     "Write route `r`'s response on handler `h` (after its delay; trickled when asked)"
     if r.delay: time.sleep(r.delay)
@@ -192,7 +221,7 @@ def _send(h:BaseHTTPRequestHandler, r:_Route):
     else: h.wfile.write(r.body)
     if not r.send_length: h.close_connection = True
 
-# %% ../nbs/17_testing.ipynb #c032
+# %% ../nbs/17_testing.ipynb #c038
 def _handler(server) -> type:
     "A request handler class that answers GETs from `server.routes` and counts `server.hits`"
     class Handler(BaseHTTPRequestHandler):
@@ -205,7 +234,7 @@ def _handler(server) -> type:
             except (BrokenPipeError, ConnectionResetError): pass
     return Handler
 
-# %% ../nbs/17_testing.ipynb #c033
+# %% ../nbs/17_testing.ipynb #c039
 class WebServer:
     "HTTP server on 127.0.0.1:<ephemeral> with programmable routes and a hit counter per path"
     def __init__(self):
@@ -226,7 +255,7 @@ class WebServer:
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.stop()
 
-# %% ../nbs/17_testing.ipynb #c036
+# %% ../nbs/17_testing.ipynb #c042
 def image_bytes(im, fmt='JPEG', size=None, **save_kw) -> bytes:
     "`im` (PIL) re-encoded as `fmt`, optionally resized so that its longer side is `size`"
     if size:

@@ -18,9 +18,7 @@ from bear_classifier.predlog import NOT_A_BEAR, PredictionLog
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ARTIFACTS = ROOT/'tests'/'artifacts'
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+CHROMIUM, CHROMIUM_ARGS = testing.CHROMIUM, testing.CHROMIUM_ARGS
 SENTENCE = re.compile(r"^(Prediction: (grizzly|black|teddy); Probability: [01]\.\d{4}|This doesn't look like a .+)$")
 STARTUP_S = 240      # bear-app: start Voila, pre-heat a kernel (torch + fastai + model) on a busy machine
 STEP_MS = 90_000     # one upload + classify, on a busy 2-core machine
@@ -38,22 +36,11 @@ def server(tmp_path_factory):
                             cwd=ROOT, env=env, stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
     url = f'http://127.0.0.1:{port}/'
     try:
-        t0 = time.time()
-        while True:
-            if proc.poll() is not None: pytest.fail(f'bear-app exited with {proc.returncode}:\n{log.read_text()[-3000:]}')
-            try:
-                with socket.create_connection(('127.0.0.1', port), timeout=1): break
-            except OSError:
-                if time.time() - t0 > STARTUP_S: pytest.fail(f'bear-app did not listen within {STARTUP_S}s:\n{log.read_text()[-3000:]}')
-                time.sleep(0.5)
+        try: testing.wait_listening(proc, port, log, 'bear-app', STARTUP_S)
+        except RuntimeError as e: pytest.fail(str(e))
         yield url, log, db
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)            # Voilà shuts its kernels down on SIGTERM
-            try: proc.wait(30)
-            except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
-        try: os.killpg(proc.pid, signal.SIGKILL)            # anything of ours left in the group
-        except ProcessLookupError: pass
+        testing.stop_group(proc)            # Voilà shuts its kernels down on SIGTERM; anything left is killed
 
 
 @pytest.fixture(scope='module')

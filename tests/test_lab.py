@@ -26,9 +26,7 @@ from bear_classifier.clean import DELETE, default_decisions_path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ARTIFACTS = ROOT/'tests'/'artifacts'
-CHROMIUM = '/usr/bin/chromium'
-CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-                 '--disable-background-networking', '--disable-component-update', '--disable-sync']
+CHROMIUM, CHROMIUM_ARGS = testing.CHROMIUM, testing.CHROMIUM_ARGS
 STARTUP_S = 180          # the Lab server on a busy 2-core machine
 STEP_MS = 180_000        # a kernel start + `import fastai` + one cell, on a busy 2-core machine
 
@@ -70,27 +68,6 @@ def lab_root(tmp:Path) -> Path:
     return d
 
 
-def wait_listening(proc, port, log):
-    t0 = time.time()
-    while True:
-        if proc.poll() is not None: pytest.fail(f'make lab exited with {proc.returncode}:\n{log.read_text()[-3000:]}')
-        try:
-            with socket.create_connection(('127.0.0.1', port), timeout=1): return
-        except OSError:
-            if time.time() - t0 > STARTUP_S: pytest.fail(f'make lab did not listen within {STARTUP_S}s:\n{log.read_text()[-3000:]}')
-            time.sleep(0.5)
-
-
-def stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try: proc.wait(30)
-        except subprocess.TimeoutExpired: pass
-    try: os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError: pass
-    proc.wait()
-
-
 @pytest.fixture(scope='module')
 def lab(tmp_path_factory):
     "`make lab` on a free port, rooted in a temporary folder; yields (base URL, token, root, log)"
@@ -107,9 +84,10 @@ def lab(tmp_path_factory):
            f'LAB_PORT={port}', f'LAB_ROOT={root}', 'LAB_OPEN=False']
     proc = subprocess.Popen(cmd, env=env, stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_listening(proc, port, log)
+        try: testing.wait_listening(proc, port, log, 'make lab', STARTUP_S)
+        except RuntimeError as e: pytest.fail(str(e))
         yield f'http://127.0.0.1:{port}', token, root, log
-    finally: stop(proc)
+    finally: testing.stop_group(proc)
 
 
 @pytest.fixture(scope='module')
