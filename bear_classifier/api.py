@@ -1,4 +1,4 @@
-"""A FastAPI service over the one inference core: JSON predictions, honest HTTP errors, a bounded worker pool, and `bear-serve`.
+"""A FastAPI service over the one inference core: JSON predictions, honest HTTP errors, upload limits that hold while a body streams in, a bounded worker pool, and `bear-serve`.
 
 Docs: https://bear-classifier.github.io/bear_classifier/api.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/api.html.md"""
 
 # %% ../nbs/16_api.ipynb #c003
 from __future__ import annotations
-import base64, binascii, json, logging
+import base64, binascii, json, logging, socket, sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
@@ -16,20 +16,24 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, WithJsonSchema
 from fastcore.script import call_parse
 
 from . import __version__
 from .files import Settings, SettingsError, atomic_write, log_location
 from .predlog import NOT_A_BEAR, log_name, log_problem
-from .service import ANSWERS, RETRY, ServiceState, Unprocessable, LimitUploadSize
-from .service import as_service_error, error_response, upload_limits, bind_socket
+from starlette.datastructures import Headers
+
+from .service import ANSWERS, RETRY, ServiceState, TooLarge, Unprocessable
+from .service import as_service_error, error_response
 
 # %% auto #0
-__all__ = ['Base64Image', 'ERROR_RESPONSES', 'FEEDBACK_RESPONSES', 'PREDICT_BODY', 'BATCH_BODY', 'API_DESCRIPTION', 'ModelInfo',
-           'PredictionOut', 'ErrorOut', 'BatchItem', 'HealthOut', 'FeedbackIn', 'FeedbackOut', 'handle_error',
-           'add_error_handlers', 'data_plane', 'add_predict_routes', 'add_feedback_route', 'add_status_routes',
-           'create_app', 'openapi_schema', 'write_openapi', 'check_log', 'serve', 'bear_serve']
+__all__ = ['Base64Image', 'PredictionId', 'ERROR_RESPONSES', 'FEEDBACK_RESPONSES', 'PREDICT_BODY', 'BATCH_BODY',
+           'API_DESCRIPTION', 'MULTIPART_SLACK', 'ModelInfo', 'PredictionOut', 'ErrorOut', 'BatchItem', 'HealthOut',
+           'FeedbackIn', 'FeedbackOut', 'validation_message', 'handle_error', 'add_error_handlers', 'data_plane',
+           'add_predict_routes', 'add_feedback_route', 'add_status_routes', 'BodyTooLarge', 'LimitUploadSize',
+           'upload_limits', 'create_app', 'openapi_schema', 'write_openapi', 'bind_socket', 'check_log', 'serve',
+           'bear_serve']
 
 # %% ../nbs/16_api.ipynb #c008
 class ModelInfo(BaseModel):
@@ -70,7 +74,7 @@ class HealthOut(BaseModel):
     "Readiness of this process"
     status: Literal['loading', 'ready', 'error']
     model: ModelInfo|None = None
-    detail: str|None = None
+    detail: str|None = Field(None, description="why the model failed to load (paths on the server cut to the bundle's folder name)")
     workers: int
     queue: int
     pending: int = Field(description='requests being served or waiting for a worker')
@@ -88,18 +92,27 @@ def _base64_image(v):
 Base64Image = Annotated[bytes, BeforeValidator(_base64_image), WithJsonSchema(
     {'type': 'string', 'contentEncoding': 'base64', 'contentMediaType': 'image/*'})]
 
-# %% ../nbs/16_api.ipynb #c021
+# %% ../nbs/16_api.ipynb #c022
+def _strict_id(v):
+    "A prediction id as /predict returned it: a JSON integer, never a string, a boolean or a fraction"
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"must be a JSON integer such as 5, the id that /predict returned; got {json.dumps(v)}")
+    return v
+
+PredictionId = Annotated[int, BeforeValidator(_strict_id)]
+
+# %% ../nbs/16_api.ipynb #c024
 class FeedbackIn(BaseModel):
     "A verdict on one logged prediction"
     model_config = ConfigDict(extra='forbid')
-    id: int = Field(ge=1, le=2**53 - 1,   # the largest integer JavaScript's numbers hold exactly
-                    description='the `id` that POST /predict (or /predict/batch) returned')
+    id: PredictionId = Field(ge=1, le=2**53 - 1,   # the largest integer JavaScript's numbers hold exactly
+                             description='the `id` that POST /predict (or /predict/batch) returned')
     label: str = Field(min_length=1, max_length=100,
                        description=f"the right answer: one of the model's labels (GET /model, `vocab`) or '{NOT_A_BEAR}'")
     image: Base64Image|None = Field(None, description='the photo that was classified, base64-encoded; '
                                     'with a correction it is saved into the review queue')
 
-# %% ../nbs/16_api.ipynb #c023
+# %% ../nbs/16_api.ipynb #c026
 class FeedbackOut(BaseModel):
     "What became of a verdict"
     id: int
@@ -108,10 +121,10 @@ class FeedbackOut(BaseModel):
     saved: str|None = Field(description='where the photo was saved, relative to the review queue (label/file); '
                             'null for a confirmation or when no photo was sent')
 
-# %% ../nbs/16_api.ipynb #c026
+# %% ../nbs/16_api.ipynb #c029
 ERROR_RESPONSES = {s: {'model': ErrorOut, 'description': d} for s, d in {
     400: 'Not an image: empty, not an image file, or truncated',
-    413: 'Over the configured upload size (or too many files, or too many pixels)',
+    413: 'Over the configured upload size, or too many files, or too many pixels (in one image, or in a batch in all)',
     415: 'Unsupported image format (e.g. HEIC) or a non-image content type',
     422: "Malformed request: no 'file' field, broken multipart",
     503: 'Busy (queue full), or the model is not loaded (yet)'}.items()}
@@ -123,7 +136,7 @@ FEEDBACK_RESPONSES = {s: {'model': ErrorOut, 'description': d} for s, d in {
     422: "Malformed JSON, a label the model does not know, or a photo that is not the one predicted",
     503: 'The model is not loaded (yet); this server keeps no log (--log off) or cannot write it'}.items()}
 
-# %% ../nbs/16_api.ipynb #c027
+# %% ../nbs/16_api.ipynb #c030
 _BINARY = {'type': 'string', 'format': 'binary'}
 PREDICT_BODY = {'requestBody': {'required': True, 'description':
     "The image: a multipart form with the file in field `file`, or the raw bytes with an image/* content type",
@@ -136,7 +149,7 @@ BATCH_BODY = {'requestBody': {'required': True, 'description': 'Several images a
     'content': {'multipart/form-data': {'schema': {'type': 'object', 'required': ['files'],
         'properties': {'files': {'type': 'array', 'items': _BINARY}}}}}}}
 
-# %% ../nbs/16_api.ipynb #c028
+# %% ../nbs/16_api.ipynb #c031
 API_DESCRIPTION = """Classify photos of bears (grizzly, black, teddy) with the bear_classifier model.
 
 Send an image to `POST /predict` (multipart field `file`, or the raw bytes with an `image/*` content
@@ -146,25 +159,32 @@ right with `POST /feedback` (JSON `{"id", "label", "image"?}`): a correction wit
 the review queue for the next training run. Errors are HTTP statuses with a JSON body
 `{"error": code, "detail": message}`."""
 
-# %% ../nbs/16_api.ipynb #c031
+# %% ../nbs/16_api.ipynb #c034
+def validation_message(x:dict) -> str:
+    "One of pydantic's complaints as a sentence that names the field: 'id: Field required'"
+    where = '.'.join(str(p) for p in x.get('loc', ()) if p != 'body')
+    msg = str(x.get('msg', x)).removeprefix('Value error, ')
+    return f"{where}: {msg}" if where else msg
+
+# %% ../nbs/16_api.ipynb #c036
 async def handle_error(request:Request, e:Exception) -> JSONResponse:
     "The JSON error response for any exception a route raised"
     if isinstance(e, RequestValidationError):
-        e = Unprocessable('malformed_request', '; '.join(str(x.get('msg', x)) for x in e.errors()) or 'invalid request')
+        e = Unprocessable('malformed_request', '; '.join(validation_message(x) for x in e.errors()) or 'invalid request')
     return error_response(as_service_error(e))
 
-# %% ../nbs/16_api.ipynb #c033
+# %% ../nbs/16_api.ipynb #c038
 def add_error_handlers(app:FastAPI) -> FastAPI:
     "Answer every error of `app` with `handle_error`"
     for cls in (*ANSWERS, RequestValidationError, Exception): app.add_exception_handler(cls, handle_error)
     return app
 
-# %% ../nbs/16_api.ipynb #c036
+# %% ../nbs/16_api.ipynb #c041
 def data_plane(request:Request) -> ServiceState:
     "The data plane of the application serving `request`"
     return request.app.state.service
 
-# %% ../nbs/16_api.ipynb #c038
+# %% ../nbs/16_api.ipynb #c043
 def add_predict_routes(app:FastAPI):
     "POST /predict and POST /predict/batch"
     @app.post('/predict', response_model=PredictionOut, responses=ERROR_RESPONSES, openapi_extra=PREDICT_BODY,
@@ -179,7 +199,7 @@ def add_predict_routes(app:FastAPI):
         "Classify several images (multipart files `files`); a bad file gets its own error, never fails the batch"
         return await data_plane(request).predict_batch(request)
 
-# %% ../nbs/16_api.ipynb #c040
+# %% ../nbs/16_api.ipynb #c045
 def add_feedback_route(app:FastAPI):
     "POST /feedback"
     @app.post('/feedback', response_model=FeedbackOut, responses=FEEDBACK_RESPONSES, summary='Say whether a prediction was right')
@@ -187,7 +207,7 @@ def add_feedback_route(app:FastAPI):
         "Record the right label for a logged prediction; a correction with its photo goes into the review queue"
         return await data_plane(request).feedback(body.id, body.label, body.image)
 
-# %% ../nbs/16_api.ipynb #c043
+# %% ../nbs/16_api.ipynb #c048
 def add_status_routes(app:FastAPI):
     "GET /health and GET /model"
     @app.get('/health', response_model=HealthOut, responses={503: {'model': HealthOut, 'description': 'Loading, or the model failed to load'}},
@@ -202,7 +222,46 @@ def add_status_routes(app:FastAPI):
         "The model card of the loaded model, without paths or secrets"
         return data_plane(request).model_card()
 
-# %% ../nbs/16_api.ipynb #c046
+# %% ../nbs/16_api.ipynb #c051
+class BodyTooLarge(TooLarge):
+    "413 `too_large`: a request body went over its limit while it was streaming in"
+    def __init__(self, limit:int):
+        super().__init__('too_large', f"the request body is over the {limit:,} byte limit")
+        self.limit = limit
+
+# %% ../nbs/16_api.ipynb #c053
+class LimitUploadSize:
+    "ASGI middleware: refuse request bodies over `limits[path]` (or `default`) bytes with 413, without buffering them"
+    def __init__(self, app, limits:dict, default:int=64*1024):
+        self.app, self.limits, self.default = app, limits, default
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        limit = self.limits.get(scope['path'].rstrip('/') or '/', self.default)
+        declared = Headers(scope=scope).get('content-length', '')
+        if declared.isdigit() and int(declared) > limit:
+            detail = f"the request body is {int(declared):,} bytes; the limit is {limit:,}"
+            return await error_response(TooLarge('too_large', detail))(scope, receive, send)
+        seen = 0
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message['type'] == 'http.request':
+                seen += len(message.get('body', b''))
+                if seen > limit: raise BodyTooLarge(limit)
+            return message
+        await self.app(scope, counted_receive, send)
+
+# %% ../nbs/16_api.ipynb #c057
+MULTIPART_SLACK = 64 * 1024   # room for multipart boundaries and part headers
+
+def upload_limits(s:Settings) -> dict:
+    "The body limit of each path, for `LimitUploadSize`"
+    return {'/predict': s.max_upload_bytes + MULTIPART_SLACK,
+            '/predict/batch': s.max_batch * s.max_upload_bytes + MULTIPART_SLACK,
+            '/feedback': 4 * -(-s.max_upload_bytes // 3) + MULTIPART_SLACK}
+
+# %% ../nbs/16_api.ipynb #c060
 def create_app(predictor=None, settings:Settings|None=None, loader:Callable|None=None) -> FastAPI:
     "The prediction service for `predictor`, or for the model that `loader()` (default: `service.load_predictor`) returns"
     settings = settings or Settings.from_env()
@@ -224,17 +283,31 @@ def create_app(predictor=None, settings:Settings|None=None, loader:Callable|None
     for add in (add_predict_routes, add_feedback_route, add_status_routes): add(app)
     return app
 
-# %% ../nbs/16_api.ipynb #c066
+# %% ../nbs/16_api.ipynb #c082
 def openapi_schema() -> dict:
     "The service's OpenAPI schema (independent of settings and model)"
     return create_app(settings=Settings()).openapi()
 
-# %% ../nbs/16_api.ipynb #c068
+# %% ../nbs/16_api.ipynb #c084
 def write_openapi(path) -> Path:
     "Write `openapi_schema()` to `path` as indented JSON, atomically"
     return atomic_write(path, json.dumps(openapi_schema(), indent=2) + '\n')
 
-# %% ../nbs/16_api.ipynb #c075
+# %% ../nbs/16_api.ipynb #c092
+def bind_socket(host:str='127.0.0.1', port:int=0) -> socket.socket:
+    "A listening TCP socket on `host:port` (port 0: a free one); a one-line error when the port is taken"
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try: sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or stop the other server") from None
+    sock.listen(2048)   # listen now: a client that connects before uvicorn is up waits instead of being refused
+    sock.set_inheritable(True)
+    return sock
+
+# %% ../nbs/16_api.ipynb #c094
 def check_log(s:Settings) -> Path|str|None:
     "The log `bear-serve` will write (a path or a database URL; None: `off`); a warning on stderr, not an exit, when it cannot be written now"
     path = log_location(s)
@@ -243,18 +316,19 @@ def check_log(s:Settings) -> Path|str|None:
               "the service will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
     return path
 
-# %% ../nbs/16_api.ipynb #c078
+# %% ../nbs/16_api.ipynb #c097
 def serve(s:Settings, sock, log_level:str='info', access_log:bool=True):
     "Serve the application of settings `s` on the listening socket `sock` until SIGINT/SIGTERM"
     logging.basicConfig(level=log_level.upper(), format='%(levelname)s:     %(message)s')
     logdb, (h, p) = check_log(s), sock.getsockname()[:2]
-    print(f"bear-serve: listening on http://{h}:{p} (workers={s.workers}, queue={s.queue}, max upload {s.max_upload_bytes:,} bytes); "
+    print(f"bear-serve: listening on http://{h}:{p} (workers={s.workers}, queue={s.queue}, max upload {s.max_upload_bytes:,} bytes, "
+          f"max batch {s.max_batch} files of {s.max_batch_pixels / 1e6:,.0f} MP in all); "
           + (f"prediction log {log_name(logdb)}; " if logdb else 'predictions not logged; ') + "GET /health says ready once the model is loaded", flush=True)
     config = uvicorn.Config(create_app(settings=s), log_level=log_level, access_log=access_log,
                             limit_concurrency=max(64, 4 * (s.workers + s.queue)), timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
 
-# %% ../nbs/16_api.ipynb #c079
+# %% ../nbs/16_api.ipynb #c098
 @call_parse
 def bear_serve(
     model_dir:str=None,        # model bundle folder (env BEAR_MODEL_DIR; default: newest bundle under --models, else the starter)
@@ -263,6 +337,7 @@ def bear_serve(
     port:int=None,             # TCP port, 0 for any free one (env BEAR_PORT; default 8000)
     max_upload_bytes:int=None, # largest image accepted, in bytes (env BEAR_MAX_UPLOAD_BYTES; default 20 MiB)
     max_batch:int=None,        # most files in one /predict/batch request (env BEAR_MAX_BATCH; default 16)
+    max_batch_pixels:int=None, # most decoded pixels in one /predict/batch request, all files together (env BEAR_MAX_BATCH_PIXELS; default 357,913,940)
     workers:int=None,          # inference threads (env BEAR_WORKERS; default 1)
     queue:int=None,            # requests that may wait for a worker before 503 busy (env BEAR_QUEUE; default 32)
     cors_origins:str=None,     # comma-separated browser origins allowed to call the API, '*' for any (env BEAR_CORS_ORIGINS; default none)
@@ -277,8 +352,8 @@ def bear_serve(
     if openapi: print(f"bear-serve: wrote {write_openapi(openapi)}"); return
     try:
         s = Settings.from_env(model_dir=model_dir, models=models, host=host, port=port, max_upload_bytes=max_upload_bytes,
-                              max_batch=max_batch, workers=workers, queue=queue, cors_origins=cors_origins, threads=threads,
-                              log_db=log, review_root=review_root)
+                              max_batch=max_batch, max_batch_pixels=max_batch_pixels, workers=workers, queue=queue,
+                              cors_origins=cors_origins, threads=threads, log_db=log, review_root=review_root)
     except SettingsError as e: raise SystemExit(f"bear-serve: {e}")
     if s.model_dir and not Path(s.model_dir).is_dir():
         raise SystemExit(f"bear-serve: model folder {s.model_dir} not found; pass --model-dir of a bundle (bear-export makes one) or leave it out for the newest")

@@ -167,7 +167,7 @@ def project_root(start=None) -> Path:
 
 # %% ../nbs/00_files.ipynb #c040
 ENV_PREFIX = 'BEAR_'
-_INT_FIELDS = {'port', 'max_upload_bytes', 'max_batch', 'workers', 'queue', 'threads'}
+_INT_FIELDS = {'port', 'max_upload_bytes', 'max_batch', 'max_batch_pixels', 'workers', 'queue', 'threads'}
 _BOOL_FIELDS = {'review_mode', 'keep_images'}
 
 def _from_text(name:str, var:str, value:str):
@@ -184,7 +184,7 @@ def _need(ok:bool, msg:str):
 def _validate(s):
     "Raise `SettingsError` for the first value of `s` that cannot work"
     _need(0 <= s.port <= 65535, f"port must be 0..65535, got {s.port}")
-    for f in ('max_upload_bytes', 'max_batch', 'workers'): _need(getattr(s, f) >= 1, f"{f} must be at least 1, got {getattr(s, f)}")
+    for f in ('max_upload_bytes', 'max_batch', 'max_batch_pixels', 'workers'): _need(getattr(s, f) >= 1, f"{f} must be at least 1, got {getattr(s, f)}")
     _need(s.queue >= 0, f"queue must be 0 or more, got {s.queue}")
     _need(s.threads is None or s.threads >= 1, f"threads must be at least 1, got {s.threads}")
 
@@ -211,6 +211,8 @@ class Settings:
     port: int = _doc(8000, "the JSON service's TCP port; 0 picks a free one")
     max_upload_bytes: int = _doc(20 * 2**20, "largest image accepted, per file")
     max_batch: int = _doc(16, "most files in one /predict/batch request")
+    max_batch_pixels: int = _doc(357_913_940, "most decoded pixels (width × height, summed over the files) in one /predict/batch "
+                                 "request, read from the headers before decoding; over it: 413 (4 × the 89 MP per-image limit)")
     workers: int = _doc(1, "the service's inference threads")
     queue: int = _doc(32, "requests allowed to wait for a worker; beyond that: 503")
     cors_origins: tuple = _doc((), "browser origins allowed to call the service ('*': any); none by default")

@@ -17,7 +17,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from .files import atomic_write, is_url, log_location, one_line, review_dir, settings, sha256_bytes, utc_now
 from .images import ImageError, decode_bytes, image_format
-from .manifest import append_manifest, phash_hex, read_manifest
+from .manifest import append_manifest, last_rows, phash_hex, read_manifest
 
 # %% auto #0
 __all__ = ['PREDICTIONS', 'NOT_A_BEAR', 'row_answer', 'log_name', 'engine_url', 'open_engine', 'create_table', 'PredictionLog',
@@ -232,7 +232,7 @@ def _queue(self:PredictionLog, image:bytes, label:str) -> Path:
     "Save `image` into the review queue under `label` (file and manifest row, each once); its path"
     sha = sha256_bytes(image)
     path = self._save_image(image, sha, label)
-    if not any(r.get('sha256') == sha and r.get('label') == label for r in read_manifest(self.review_root)):
+    if last_rows(self.review_root).get(f'{label}/{path.name}', {}).get('status') != 'ok':
         append_manifest(self.review_root, [review_row(path, self.review_root, label, image)])
     return path
 
@@ -242,20 +242,31 @@ def _update(self:PredictionLog, pred_id:int, values:dict):
     "Set the columns in `values` on row `pred_id`"
     self._do(lambda c: c.execute(sa.update(PREDICTIONS).where(PREDICTIONS.c.id == pred_id).values(values)))
 
-# %% ../nbs/04_predlog.ipynb #c065
+# %% ../nbs/04_predlog.ipynb #c066
+@patch
+def _withdraw(self:PredictionLog, pred_id:int, old:Path, label:str|None):
+    "Take the photo an earlier correction of `pred_id` queued at `old` out of the queue (now under `label`, or the model was right), unless another prediction holds it"
+    if self._select(sa.select(PREDICTIONS.c.id).where(PREDICTIONS.c.image_path == str(old), PREDICTIONS.c.id != pred_id)): return
+    append_manifest(self.review_root, dict(file=f'{old.parent.name}/{old.name}', label=old.parent.name, source='feedback',
+                    status='relabelled' if label else 'trashed', reason=f"prediction {pred_id} corrected again: {label or 'right'}"))
+    old.unlink(missing_ok=True)
+
+# %% ../nbs/04_predlog.ipynb #c067
 @patch
 def feedback(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, reviewer:bool=False) -> Path|None:
-    "Record the right `label` for prediction `pred_id`; a correction saves `image` into the review queue"
+    "Record the right `label` for prediction `pred_id`; a correction saves `image` into the review queue, replacing an earlier one's"
     row = self.get(pred_id)
     if row is None: raise KeyError(f'no prediction with id {pred_id}')
     col = 'reviewer' if reviewer else 'feedback'
     self._update(pred_id, {col: label, f'{col}_ts': utc_now()})
-    if label == row_answer(row) or not image: return None
-    path = self._queue(image, label)
-    self._update(pred_id, dict(image_path=str(path)))
+    old = Path(row['image_path']) if row['image_path'] and Path(row['image_path']).parent.name in (row['feedback'], row['reviewer']) else None
+    image = image or (old.read_bytes() if old and old.is_file() else None)     # corrected again without the photo: move ours
+    path = None if label == row_answer(row) or not image else self._queue(image, label)
+    if old and old != path and old.is_file(): self._withdraw(pred_id, old, path and label)
+    if path or old: self._update(pred_id, dict(image_path=str(path) if path else None))
     return path
 
-# %% ../nbs/04_predlog.ipynb #c068
+# %% ../nbs/04_predlog.ipynb #c071
 @patch
 def record_verdict(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, reviewer:bool=False) -> str|None:
     "`feedback`, returning the saved photo's path relative to the review queue (`label/file`), or None"
@@ -264,32 +275,32 @@ def record_verdict(self:PredictionLog, pred_id:int, label:str, image:bytes|None=
     try: return Path(path).resolve().relative_to(Path(self.review_root).resolve()).as_posix()
     except ValueError: return f'{label}/{Path(path).name}'
 
-# %% ../nbs/04_predlog.ipynb #c071
+# %% ../nbs/04_predlog.ipynb #c074
 def log_problem(path) -> str|None:
     "Why the log at `path` cannot be opened for writing now (`Type: first line`), or None when it can"
     try: PredictionLog(path).close()
     except Exception as e: return f'{type(e).__name__}: {one_line(e)}'
     return None
 
-# %% ../nbs/04_predlog.ipynb #c074
+# %% ../nbs/04_predlog.ipynb #c077
 class LogOff(RuntimeError):
     "No prediction log is kept (`--log off`), so there is nowhere to record a verdict"
     def __init__(self, msg:str='this server keeps no prediction log (--log off), so it cannot take feedback'):
         super().__init__(msg)
 
-# %% ../nbs/04_predlog.ipynb #c076
+# %% ../nbs/04_predlog.ipynb #c079
 class LogUnavailable(RuntimeError):
     "The prediction log cannot be opened or written now; the server's stderr says why"
     def __init__(self, msg:str='the prediction log cannot be opened; the server log says why'):
         super().__init__(msg)
 
-# %% ../nbs/04_predlog.ipynb #c078
+# %% ../nbs/04_predlog.ipynb #c081
 class LogBusy(LogUnavailable):
     "The prediction log is held by another writer for longer than a request waits: retry shortly"
     def __init__(self, msg:str='the prediction log is busy; try again in a moment'):
         super().__init__(msg)
 
-# %% ../nbs/04_predlog.ipynb #c080
+# %% ../nbs/04_predlog.ipynb #c083
 class PredictionRecorder:
     "The service's `PredictionLog`, written by one background thread; a logging problem never fails a request"
     who = 'bear-serve'                 # how its lines on stderr start
@@ -306,7 +317,7 @@ class PredictionRecorder:
     @property
     def enabled(self) -> bool: return self.path is not None
 
-# %% ../nbs/04_predlog.ipynb #c083
+# %% ../nbs/04_predlog.ipynb #c086
 @patch
 def warn(self:PredictionRecorder, kind:str, text:str):
     "One line on stderr; the same `kind` of problem at most once every `quiet_s` seconds"
@@ -319,7 +330,7 @@ def warn(self:PredictionRecorder, kind:str, text:str):
     more = f" ({hidden} more like this in the last {now - last:.0f} s)" if hidden else ''
     print(f"{self.who}: {text}{more}", file=sys.stderr, flush=True)
 
-# %% ../nbs/04_predlog.ipynb #c085
+# %% ../nbs/04_predlog.ipynb #c088
 @patch
 def _open(self:PredictionRecorder) -> PredictionLog|None:
     "The open log (on the writer thread), or None while it cannot be opened"
@@ -331,7 +342,7 @@ def _open(self:PredictionRecorder) -> PredictionLog|None:
             self.warn('open', f"cannot open the prediction log {log_name(self.path)} ({type(e).__name__}: {one_line(e)}); answering without logging")
     return self._log
 
-# %% ../nbs/04_predlog.ipynb #c087
+# %% ../nbs/04_predlog.ipynb #c090
 @patch
 def start(self:PredictionRecorder):
     "Start the writer thread and open (create) the log on it, before the first request needs it"
@@ -340,13 +351,13 @@ def start(self:PredictionRecorder):
         self._executor.submit(self._open)
     return self
 
-# %% ../nbs/04_predlog.ipynb #c089
+# %% ../nbs/04_predlog.ipynb #c092
 @patch
 def _close(self:PredictionRecorder):
     "Close the log (on the writer thread); the next write reopens it"
     if self._log is not None: self._log.close(); self._log = None
 
-# %% ../nbs/04_predlog.ipynb #c091
+# %% ../nbs/04_predlog.ipynb #c094
 @patch
 def close(self:PredictionRecorder, timeout:float=5.0):
     "Write what is queued (for up to `timeout` s), then close the log"
@@ -356,7 +367,7 @@ def close(self:PredictionRecorder, timeout:float=5.0):
     except Exception: pass
     ex.shutdown(wait=False)
 
-# %% ../nbs/04_predlog.ipynb #c093
+# %% ../nbs/04_predlog.ipynb #c096
 @patch
 def _broken(self:PredictionRecorder, e:Exception, what:str):
     "A write failed: say so, and reopen the log later (a deleted folder, a full disk that was cleaned up)"
@@ -367,7 +378,7 @@ def _broken(self:PredictionRecorder, e:Exception, what:str):
         except Exception: pass
         self._failed_at = time.monotonic()
 
-# %% ../nbs/04_predlog.ipynb #c095
+# %% ../nbs/04_predlog.ipynb #c098
 @patch
 def _write_items(self:PredictionRecorder, items, model:dict, cost:int) -> list:
     "Log `items` on the writer thread (see `record`); their row ids, None for each row not written"
@@ -388,7 +399,7 @@ def _write_items(self:PredictionRecorder, items, model:dict, cost:int) -> list:
     finally:
         with self._lock: self._pending_bytes -= cost
 
-# %% ../nbs/04_predlog.ipynb #c098
+# %% ../nbs/04_predlog.ipynb #c101
 @patch
 async def record(self:PredictionRecorder, items, model:dict) -> list:
     "Log `items`, each (prediction, image bytes, (width, height), latency in ms); their row ids, None where not (yet) written"
@@ -411,7 +422,7 @@ async def record(self:PredictionRecorder, items, model:dict) -> list:
         self.warn('slow', f"the prediction log {log_name(self.path)} is slow (locked?); answered without a row id, the row is written later")
         return none
 
-# %% ../nbs/04_predlog.ipynb #c101
+# %% ../nbs/04_predlog.ipynb #c104
 @patch
 def _run(self:PredictionRecorder, fn:Callable, *args):
     "`fn(log, *args)` with the open log: the writer-thread job of `call`"
@@ -423,7 +434,7 @@ def _run(self:PredictionRecorder, fn:Callable, *args):
         self._broken(e, 'a verdict')
         raise LogUnavailable(f'the verdict could not be written to the prediction log ({type(e).__name__}); try again') from None
 
-# %% ../nbs/04_predlog.ipynb #c103
+# %% ../nbs/04_predlog.ipynb #c106
 @patch
 async def call(self:PredictionRecorder, fn:Callable, *args, timeout:float=30.0):
     "Run `fn(log, *args)` on the writer thread with the open log; `LogOff`, `LogUnavailable` or `LogBusy` when it cannot"

@@ -1,4 +1,4 @@
-"""What the prediction service does, without the web framework: errors that carry their HTTP status, a bounded worker pool, upload limits that hold while a body streams in, and predict and feedback handling over the one inference core.
+"""What the prediction service does, without the web framework: errors that carry their HTTP status, a bounded worker pool, uploads read within their limits, batches bounded in pixels and served in turns, and predict and feedback handling over the one inference core.
 
 Docs: https://bear-classifier.github.io/bear_classifier/service.html.md"""
 
@@ -6,31 +6,32 @@ Docs: https://bear-classifier.github.io/bear_classifier/service.html.md"""
 
 # %% ../nbs/15_service.ipynb #c003
 from __future__ import annotations
-import asyncio, logging, re, socket, threading, time
+import asyncio, logging, re, threading, time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 from fastcore.basics import patch
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .files import Settings, log_location, review_dir, models_root, sha256_bytes, one_line
-from .images import ImageError, decode_bytes
+from .images import ImageError, decode_bytes, image_size
 from .predlog import PredictionLog, PredictionRecorder, NOT_A_BEAR, LogOff, LogUnavailable, LogBusy
 from .inference import Predictor
 
 _log = logging.getLogger('bear_classifier.service')
 
 # %% auto #0
-__all__ = ['STATUS_ERRORS', 'RETRY', 'IMAGE_ERROR_STATUS', 'ANSWERS', 'MULTIPART_SLACK', 'ServiceError', 'BadRequest', 'NotFound',
+__all__ = ['STATUS_ERRORS', 'RETRY', 'IMAGE_ERROR_STATUS', 'ANSWERS', 'JOB_PIXELS', 'ServiceError', 'BadRequest', 'NotFound',
            'TooLarge', 'UnsupportedMedia', 'Unprocessable', 'Unavailable', 'image_error', 'as_service_error',
-           'error_response', 'Busy', 'InferencePool', 'BodyTooLarge', 'LimitUploadSize', 'upload_limits', 'media_type',
-           'accepted_image_type', 'read_form', 'upload_bytes', 'read_image', 'read_uploads', 'predict_one',
-           'predict_many', 'model_info', 'prediction_dict', 'batch_item', 'public_card', 'load_predictor',
-           'ServiceState', 'image_sha256', 'bind_socket']
+           'error_response', 'Busy', 'InferencePool', 'media_type', 'accepted_image_type', 'read_form', 'upload_bytes',
+           'read_image', 'read_uploads', 'predict_one', 'predict_many', 'read_headers', 'check_batch_pixels',
+           'batch_jobs', 'model_info', 'prediction_dict', 'batch_item', 'public_card', 'public_text', 'load_predictor',
+           'ServiceState', 'image_sha256']
 
 # %% ../nbs/15_service.ipynb #c006
 class ServiceError(Exception):
@@ -113,10 +114,10 @@ class InferencePool:
 
 # %% ../nbs/15_service.ipynb #c028
 @patch
-def submit(self:InferencePool, fn:Callable, *args) -> Future:
-    "Run `fn(*args)` on a worker; raise `Busy` at once when the pool is full"
+def submit(self:InferencePool, fn:Callable, *args, admitted:bool=False) -> Future:
+    "Run `fn(*args)` on a worker; raise `Busy` at once when the pool is full (unless the request was `admitted` already)"
     with self._lock:
-        if self._pending >= self.capacity: raise Busy(self.workers, self.queue)
+        if self._pending >= self.capacity and not admitted: raise Busy(self.workers, self.queue)
         self._pending += 1
     try: return self._executor.submit(self._run, fn, *args)
     except BaseException: self._release(); raise
@@ -132,60 +133,21 @@ def _release(self:InferencePool):
 
 # %% ../nbs/15_service.ipynb #c032
 @patch
-async def run(self:InferencePool, fn:Callable, *args):
+async def run(self:InferencePool, fn:Callable, *args, admitted:bool=False):
     "Await `fn(*args)` on a worker without blocking the event loop; `Busy` when the pool is full"
-    return await asyncio.wrap_future(self.submit(fn, *args))
+    return await asyncio.wrap_future(self.submit(fn, *args, admitted=admitted))
 
 # %% ../nbs/15_service.ipynb #c035
-class BodyTooLarge(TooLarge):
-    "413 `too_large`: a request body went over its limit while it was streaming in"
-    def __init__(self, limit:int):
-        super().__init__('too_large', f"the request body is over the {limit:,} byte limit")
-        self.limit = limit
-
-# %% ../nbs/15_service.ipynb #c037
-class LimitUploadSize:
-    "ASGI middleware: refuse request bodies over `limits[path]` (or `default`) bytes with 413, without buffering them"
-    def __init__(self, app, limits:dict, default:int=64*1024):
-        self.app, self.limits, self.default = app, limits, default
-
-    async def __call__(self, scope, receive, send):
-        if scope['type'] != 'http': return await self.app(scope, receive, send)
-        limit = self.limits.get(scope['path'].rstrip('/') or '/', self.default)
-        declared = Headers(scope=scope).get('content-length', '')
-        if declared.isdigit() and int(declared) > limit:
-            detail = f"the request body is {int(declared):,} bytes; the limit is {limit:,}"
-            return await error_response(TooLarge('too_large', detail))(scope, receive, send)
-        seen = 0
-        async def counted_receive():
-            nonlocal seen
-            message = await receive()
-            if message['type'] == 'http.request':
-                seen += len(message.get('body', b''))
-                if seen > limit: raise BodyTooLarge(limit)
-            return message
-        await self.app(scope, counted_receive, send)
-
-# %% ../nbs/15_service.ipynb #c041
-MULTIPART_SLACK = 64 * 1024   # room for multipart boundaries and part headers
-
-def upload_limits(s:Settings) -> dict:
-    "The body limit of each path, for `LimitUploadSize`"
-    return {'/predict': s.max_upload_bytes + MULTIPART_SLACK,
-            '/predict/batch': s.max_batch * s.max_upload_bytes + MULTIPART_SLACK,
-            '/feedback': 4 * -(-s.max_upload_bytes // 3) + MULTIPART_SLACK}
-
-# %% ../nbs/15_service.ipynb #c044
 def media_type(content_type:str|None) -> str:
     "'Image/JPEG; q=1' -> 'image/jpeg'"
     return (content_type or '').split(';', 1)[0].strip().lower()
 
-# %% ../nbs/15_service.ipynb #c046
+# %% ../nbs/15_service.ipynb #c037
 def accepted_image_type(mt:str) -> bool:
     "Content types we try to decode: any image/*, or unlabelled bytes"
     return mt.startswith('image/') or mt in ('application/octet-stream', '')
 
-# %% ../nbs/15_service.ipynb #c049
+# %% ../nbs/15_service.ipynb #c040
 async def read_form(request:Request, max_files:int):
     "Parse a multipart body; too many files is a 413, broken multipart a 422"
     try: return await request.form(max_files=max_files, max_fields=max_files + 16)
@@ -194,7 +156,7 @@ async def read_form(request:Request, max_files:int):
             raise TooLarge('too_many_files', f"send at most {max_files} file(s) in one request") from None
         raise Unprocessable('malformed_request', f"the multipart body could not be parsed: {e.detail}") from None
 
-# %% ../nbs/15_service.ipynb #c050
+# %% ../nbs/15_service.ipynb #c041
 async def upload_bytes(up:UploadFile, limit:int) -> bytes:
     "The bytes of one multipart file, refusing non-image content types and files over `limit`"
     name, mt = up.filename or 'the file', media_type(up.content_type)
@@ -205,7 +167,7 @@ async def upload_bytes(up:UploadFile, limit:int) -> bytes:
     if not data: raise BadRequest('empty', f"{name} is empty")
     return data
 
-# %% ../nbs/15_service.ipynb #c051
+# %% ../nbs/15_service.ipynb #c042
 async def read_image(request:Request, limit:int) -> tuple[bytes, str|None]:
     "The one image of a /predict request and its file name: multipart field `file`, or a raw image body"
     mt = media_type(request.headers.get('content-type'))
@@ -221,7 +183,7 @@ async def read_image(request:Request, limit:int) -> tuple[bytes, str|None]:
     if len(data) > limit: raise TooLarge('too_large', f"the image is {len(data):,} bytes; the limit is {limit:,}")
     return data, None
 
-# %% ../nbs/15_service.ipynb #c055
+# %% ../nbs/15_service.ipynb #c046
 async def read_uploads(request:Request, max_files:int, limit:int) -> list[tuple[str|None, bytes|ServiceError]]:
     "The files of a /predict/batch request: [(file name, its bytes or the error that file alone gets)]"
     if media_type(request.headers.get('content-type')) != 'multipart/form-data':
@@ -234,7 +196,7 @@ async def read_uploads(request:Request, max_files:int, limit:int) -> list[tuple[
         except ServiceError as e: out.append((up.filename, e))
     return out
 
-# %% ../nbs/15_service.ipynb #c059
+# %% ../nbs/15_service.ipynb #c050
 def predict_one(p:Predictor, data:bytes, name:str|None, max_bytes:int):
     "Decode and classify one upload on a worker: (Prediction, (width, height), milliseconds)"
     t0 = time.perf_counter()
@@ -242,7 +204,7 @@ def predict_one(p:Predictor, data:bytes, name:str|None, max_bytes:int):
     pred = p.predict(img)
     return pred, img.size, (time.perf_counter() - t0) * 1000
 
-# %% ../nbs/15_service.ipynb #c061
+# %% ../nbs/15_service.ipynb #c052
 def predict_many(p:Predictor, items:list, max_bytes:int):
     "Decode and classify [(name, bytes)] on a worker: ([(Prediction or ImageError, (w, h) or None)], milliseconds per image)"
     t0 = time.perf_counter()
@@ -255,18 +217,47 @@ def predict_many(p:Predictor, items:list, max_bytes:int):
     out = [(im, None) if isinstance(im, ImageError) else (next(preds), im.size) for im in imgs]
     return out, (time.perf_counter() - t0) * 1000 / max(len(ok), 1)
 
-# %% ../nbs/15_service.ipynb #c064
+# %% ../nbs/15_service.ipynb #c055
+def read_headers(files:list) -> list:
+    "The (width, height) of each of [(name, bytes or error)] from its header alone (no pixels decoded), or that file's error"
+    out = []
+    for name, b in files:
+        try: out.append(image_size(b, name) if isinstance(b, bytes) else b)
+        except ImageError as e: out.append(e)
+    return out
+
+# %% ../nbs/15_service.ipynb #c057
+def check_batch_pixels(sizes:list, budget:int):
+    "Refuse (413 `too_large`) a batch whose readable files (`read_headers`) have more than `budget` pixels in all"
+    n = [w * h for w, h in (s for s in sizes if isinstance(s, tuple))]
+    if sum(n) > budget:
+        raise TooLarge('too_large', f"the {len(n)} images of this batch have {sum(n)/1e6:,.0f} MP in all, more than the "
+                       f"{budget/1e6:,.0f} MP one request may decode; send fewer or smaller images per request")
+
+# %% ../nbs/15_service.ipynb #c059
+JOB_PIXELS = 16_000_000   # one pool job of a batch: about one phone photo (4000x3000 is 12 MP)
+
+def batch_jobs(sizes:list, job_pixels:int=JOB_PIXELS) -> list[list[int]]:
+    "The indices of the readable files (in order), grouped into pool jobs of at most `job_pixels` pixels (a bigger file alone)"
+    jobs, room = [], 0
+    for i, s in enumerate(sizes):
+        if not isinstance(s, tuple): continue
+        if s[0] * s[1] > room: jobs.append([]); room = job_pixels
+        jobs[-1].append(i); room -= s[0] * s[1]
+    return jobs
+
+# %% ../nbs/15_service.ipynb #c062
 def model_info(p:Predictor) -> dict:
     "Which model answered: its name, version and kind ('starter' or 'trained')"
     return dict(name=str(p.name), version=str(p.version), kind=str(p.kind))
 
-# %% ../nbs/15_service.ipynb #c066
+# %% ../nbs/15_service.ipynb #c064
 def prediction_dict(pred, info:dict, id:int|None=None) -> dict:
     "The JSON form of a `Prediction` (plain Python floats, whatever the model's dtype), with its log row `id`"
     return dict(id=id, label=str(pred.label), index=int(pred.index), probability=float(pred.probability),
                 probabilities={str(k): float(v) for k, v in pred.probs.items()}, in_domain=bool(pred.in_domain), model=info)
 
-# %% ../nbs/15_service.ipynb #c069
+# %% ../nbs/15_service.ipynb #c067
 def batch_item(filename:str|None, result, info:dict|None=None, id:int|None=None) -> dict:
     "A batch entry for one file: its prediction (status 200), or its `ServiceError` or `ImageError`"
     if isinstance(result, ImageError): result = image_error(result)
@@ -274,7 +265,7 @@ def batch_item(filename:str|None, result, info:dict|None=None, id:int|None=None)
         return dict(filename=filename, status=result.status, prediction=None, **result.to_dict())
     return dict(filename=filename, status=200, prediction=prediction_dict(result, info, id), error=None, detail=None)
 
-# %% ../nbs/15_service.ipynb #c072
+# %% ../nbs/15_service.ipynb #c070
 _SECRET_KEY = re.compile(r'secret|token|passw|api_?key|credential|auth|cookie|private', re.I)
 _PATH_KEY = re.compile(r'(^|_)(path|paths|dir|root|home|cwd)$', re.I)
 _ABS_PATH = re.compile(r'^(/|~|[A-Za-z]:[\\/]|\\\\)')
@@ -289,13 +280,25 @@ def public_card(card) -> Any:
         return [public_card(v) for v in card if not (isinstance(v, str) and _ABS_PATH.match(v))]
     return card
 
-# %% ../nbs/15_service.ipynb #c075
+# %% ../nbs/15_service.ipynb #c073
+_PATH_IN_TEXT = re.compile(r"(?<![\w.~/\\:])(?:~|[A-Za-z]:)?[/\\][^\s'\"<>|,;:()]*")
+
+def public_text(text:str, roots=()) -> str:
+    "`text` with every absolute path cut to its part inside one of the folders `roots`, else to its last name"
+    prefixes = [str(r).rstrip('/\\') + '/' for r in roots] + [str(Path(r).resolve()).rstrip('/') + '/' for r in roots]
+    def cut(m):
+        path = m.group(0).rstrip('.'); rest = m.group(0)[len(path):]
+        inside = [path[len(r):] for r in prefixes if path.startswith(r) and len(path) > len(r)]
+        return (inside[0] if inside else re.split(r'[/\\]', path.rstrip('/\\'))[-1] or '...') + rest
+    return _PATH_IN_TEXT.sub(cut, text)
+
+# %% ../nbs/15_service.ipynb #c076
 def load_predictor(s:Settings) -> Predictor:
     "The predictor the settings name: bundle `s.model_dir`, else `ensure_bundle` (newest under `s.models`, else the starter)"
     from bear_classifier.export import ensure_bundle   # here: building a starter needs fastai, serving a bundle does not
     return Predictor.load(s.model_dir or ensure_bundle(models_root(s)), threads=s.threads)
 
-# %% ../nbs/15_service.ipynb #c077
+# %% ../nbs/15_service.ipynb #c078
 class ServiceState:
     "One process's data plane: the model (`loading`, `ready` or `error`), the worker pool and the prediction log's writer"
     def __init__(self, settings:Settings, predictor:Predictor|None=None, loader:Callable|None=None):
@@ -303,27 +306,28 @@ class ServiceState:
         self.loader = loader or partial(load_predictor, settings)
         self.recorder = PredictionRecorder(log_location(settings), review_dir(settings))
         self.info = model_info(predictor) if predictor is not None else None
-        self.ready = threading.Event()
+        self.ready, self.job_pixels = threading.Event(), JOB_PIXELS   # the pixels of one pool job of a batch
         if predictor is not None: self.ready.set()
 
     @property
     def status(self) -> str: return 'ready' if self.ready.is_set() else 'error' if self.error else 'loading'
 
-# %% ../nbs/15_service.ipynb #c079
+# %% ../nbs/15_service.ipynb #c080
 @patch
 def load(self:ServiceState):
     "Call the loader (on a background thread) and publish its predictor; a failure is kept in `error`"
     t0 = time.perf_counter()
     try: p = self.loader()
     except BaseException as e:
-        self.error = f"{type(e).__name__}: {one_line(e)}"
-        _log.error("bear-serve: the model failed to load: %s", self.error)
+        whole, s = f"{type(e).__name__}: {one_line(e)}", self.settings     # the log has it all; clients get no paths
+        _log.error("bear-serve: the model failed to load: %s", whole)
+        self.error = public_text(whole, [models_root(s), *([Path(s.model_dir).parent] if s.model_dir else [])])
         return
     self.predictor, self.info = p, model_info(p)
     self.ready.set()
     _log.info("model %s v%s (%s) loaded in %.1f s", p.name, p.version, p.kind, time.perf_counter() - t0)
 
-# %% ../nbs/15_service.ipynb #c082
+# %% ../nbs/15_service.ipynb #c083
 @patch
 def start(self:ServiceState):
     "Open the worker pool and the log's writer; load the model on a background thread unless it is there"
@@ -339,7 +343,7 @@ def close(self:ServiceState):
     if self.pool is not None: self.pool.shutdown(wait=False)
     self.recorder.close()
 
-# %% ../nbs/15_service.ipynb #c085
+# %% ../nbs/15_service.ipynb #c086
 @patch
 def require(self:ServiceState) -> Predictor:
     "The predictor, or a 503 saying why there is none yet"
@@ -354,7 +358,7 @@ def admit(self:ServiceState) -> Predictor:
     self.pool.refuse_if_full()
     return p
 
-# %% ../nbs/15_service.ipynb #c088
+# %% ../nbs/15_service.ipynb #c089
 @patch
 def health(self:ServiceState) -> dict:
     "Readiness (`ready` once the model is loaded), the pool's size and load, and whether answers are logged"
@@ -362,14 +366,14 @@ def health(self:ServiceState) -> dict:
     return dict(status=self.status, model=self.info, detail=self.error, workers=s.workers, queue=s.queue,
                 pending=self.pool.pending if self.pool else 0, logging=self.recorder.enabled)
 
-# %% ../nbs/15_service.ipynb #c090
+# %% ../nbs/15_service.ipynb #c091
 @patch
 def model_card(self:ServiceState) -> dict:
     "The model card of the loaded model, without paths or secrets"
     p = self.require()
     return {**public_card(dict(getattr(p, 'card', None) or {})), **model_info(p)}
 
-# %% ../nbs/15_service.ipynb #c093
+# %% ../nbs/15_service.ipynb #c094
 @patch
 async def predict(self:ServiceState, request:Request) -> dict:
     "Classify the one image of a /predict request, log it, and answer with the log's row id"
@@ -379,26 +383,29 @@ async def predict(self:ServiceState, request:Request) -> dict:
     [rid] = await self.recorder.record([(pred, data, size, ms)], self.info)
     return prediction_dict(pred, self.info, rid)
 
-# %% ../nbs/15_service.ipynb #c094
+# %% ../nbs/15_service.ipynb #c095
 @patch
 async def predict_batch(self:ServiceState, request:Request) -> list[dict]:
-    "Classify every file of a /predict/batch request; a bad file gets its own error and never fails the others"
+    "Classify every file of a /predict/batch request, in turns, within the pixel budget; a bad file gets its own error"
     p, s = self.admit(), self.settings
     files = await read_uploads(request, s.max_batch, s.max_upload_bytes)
-    todo = [(i, name, b) for i, (name, b) in enumerate(files) if isinstance(b, bytes)]
-    results, ms = await self.pool.run(predict_many, p, [(n, b) for _, n, b in todo], s.max_upload_bytes) if todo else ([], 0.0)
-    got = {i: (r, size, b) for (i, _, b), (r, size) in zip(todo, results)}       # file index -> (answer, size, bytes)
-    ok = [i for i, (r, _, _) in got.items() if not isinstance(r, ImageError)]    # the predictions, logged
-    ids = dict(zip(ok, await self.recorder.record([(got[i][0], got[i][2], got[i][1], ms) for i in ok], self.info)))
-    return [batch_item(name, got[i][0] if i in got else b, self.info, ids.get(i)) for i, (name, b) in enumerate(files)]
+    sizes = await asyncio.to_thread(read_headers, files)     # headers only, off the event loop
+    check_batch_pixels(sizes, s.max_batch_pixels)
+    got = {}                                                  # file index -> (answer or ImageError, (w, h), ms per image)
+    for k, job in enumerate(batch_jobs(sizes, self.job_pixels)):               # one job at a time: a /predict sent meanwhile gets in between
+        results, ms = await self.pool.run(predict_many, p, [files[i] for i in job], s.max_upload_bytes, admitted=k > 0)
+        got.update((i, (r, size, ms)) for i, (r, size) in zip(job, results))
+    ok = [i for i, (r, _, _) in got.items() if not isinstance(r, ImageError)]     # the predictions, logged in file order
+    ids = dict(zip(ok, await self.recorder.record([(got[i][0], files[i][1], got[i][1], got[i][2]) for i in ok], self.info)))
+    return [batch_item(name, got[i][0] if i in got else sizes[i], self.info, ids.get(i)) for i, (name, _) in enumerate(files)]
 
-# %% ../nbs/15_service.ipynb #c096
+# %% ../nbs/15_service.ipynb #c097
 def image_sha256(image:bytes, max_bytes:int) -> str:
     "Check that `image` decodes (else `ImageError`) and return its SHA-256"
     decode_bytes(image, max_bytes=max_bytes)
     return sha256_bytes(image)
 
-# %% ../nbs/15_service.ipynb #c099
+# %% ../nbs/15_service.ipynb #c100
 @patch
 async def feedback(self:ServiceState, pred_id:int, label:str, image:bytes|None=None) -> dict:
     "Record the right `label` for logged prediction `pred_id`; a correction with its photo goes into the review queue"
@@ -415,17 +422,3 @@ async def feedback(self:ServiceState, pred_id:int, label:str, image:bytes|None=N
                             "send the same bytes that were classified, or no image")
     saved = await self.recorder.call(PredictionLog.record_verdict, pred_id, label, image)
     return dict(id=pred_id, label=label, correct=label == row['answer'], saved=saved)
-
-# %% ../nbs/15_service.ipynb #c103
-def bind_socket(host:str='127.0.0.1', port:int=0) -> socket.socket:
-    "A listening TCP socket on `host:port` (port 0: a free one); a one-line error when the port is taken"
-    family = socket.AF_INET6 if ':' in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try: sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        raise OSError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port, or stop the other server") from None
-    sock.listen(2048)   # listen now: a client that connects before uvicorn is up waits instead of being refused
-    sock.set_inheritable(True)
-    return sock

@@ -2,6 +2,7 @@
 """Load test of the JSON prediction service on loopback, next to the Predictor's own rate, in one run.
 
     python bench/api.py [--requests 2000] [--clients 16] [--model-dir DIR | --models DIR] [--log PATH|off] [--no-compare-log-off]
+    python bench/api.py --only big-batch [--models DIR]     # part 5 alone (about a minute); updates its part of the JSON
 
 1. starts the real `bear-serve` (`python -m bear_classifier.api`) on a free 127.0.0.1 port and waits for
    GET /health, then reads the server process's memory (RSS);
@@ -16,13 +17,20 @@
    clients from a separate process (more than workers + queue), while this process sends one probe request
    every 20 ms and times it: requests beyond the queue bound must get their 503 quickly. (The flood runs in
    its own process so that the probe's timing is not the flood client's own scheduling delay.)
+5. big batch (issue 16): a fresh server gets the batch that once took it from 1.3 to 8.1 GB, 16 PNGs of 9400x9400
+   (280 KB each, each under the 89 MP per-image limit), then a batch of 4 of them (353 MP, within the
+   default budget of max_batch_pixels, so it is decoded: one image per pool job). Meanwhile a second client
+   sends one /predict every 200 ms, and the server's RSS is sampled every 100 ms (psutil). Reported: each
+   batch's status and time, the singles' p50 and max latency while it ran, and the peak RSS.
 Prints a table and writes bench/results/api.json. Targets: no errors at 16 clients, service throughput at
-least 0.8x the tight loop, 503s under 50 ms (p99).
+least 0.8x the tight loop, 503s under 50 ms (p99); the 16 x 9400^2 batch refused (413) or served with a peak
+RSS under 2.5 GB, the singles meanwhile under 2 s.
 """
 import argparse, asyncio, json, os, platform, re, statistics, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import threading
 import httpx, psutil
 
 from bear_classifier.files import shared_data_dir
@@ -115,6 +123,112 @@ async def load_run(url, images, n_requests, clients, seconds=None, backoff=0.0):
 
 def ms(x): return f"{1000 * x:.1f}"
 
+def big_png(side=9400) -> bytes:
+    "The issue's image: `Image.new('RGB', (side, side)).save('big.png')`, 280 KB for 88 MP"
+    import io
+    from PIL import Image
+    buf = io.BytesIO(); Image.new('RGB', (side, side)).save(buf, 'PNG'); return buf.getvalue()
+
+def sample_rss(pid, stop, out, every=0.1):
+    "Append (time, RSS bytes) of process `pid` to `out` every `every` s until `stop` is set"
+    ps = psutil.Process(pid)
+    while not stop.is_set():
+        out.append((time.perf_counter(), ps.memory_info().rss)); time.sleep(every)
+
+def send_singles(url, image, stop, out, every=0.2):
+    "One /predict every `every` s (each waits for its answer) until `stop`: append (start, status, latency_s) to `out`"
+    with httpx.Client(timeout=120) as client:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try: status = client.post(f"{url}/predict", files={'file': image}).status_code
+            except httpx.HTTPError as e: status = type(e).__name__
+            out.append((t0, status, time.perf_counter() - t0))
+            time.sleep(max(0.0, every - (time.perf_counter() - t0)))
+
+def big_batch(args, models_root, log, images):
+    "Part 5: the 16 x 9400^2 batch, then 4 of them, against a fresh server, with singles and an RSS sampler running"
+    png = big_png()
+    proc, url, _ = start_server(args, models_root, log=log)
+    stop, rss, singles, runs = threading.Event(), [], [], []
+    threads = [threading.Thread(target=sample_rss, args=(proc.pid, stop, rss), daemon=True),
+               threading.Thread(target=send_singles, args=(url, images[0], stop, singles), daemon=True)]
+    try:
+        baseline = psutil.Process(proc.pid).memory_info().rss
+        for th in threads: th.start()
+        time.sleep(2.0)                                   # the singles' latency before any batch
+        for n in (16, 4):
+            t0 = time.perf_counter()
+            r = httpx.post(f"{url}/predict/batch", files=[('files', (f'big{i}.png', png, 'image/png')) for i in range(n)], timeout=600)
+            t1 = time.perf_counter()
+            body = r.json()
+            runs.append({'files': n, 'megapixels': round(n * 9400 * 9400 / 1e6), 'status': r.status_code, 'seconds': round(t1 - t0, 2),
+                         'error': body.get('error') if isinstance(body, dict) else None,
+                         'detail': body.get('detail') if isinstance(body, dict) else None,
+                         'items_ok': sum(i['status'] == 200 for i in body) if isinstance(body, list) else None, 't': (t0, t1)})
+            time.sleep(2.0)                               # memory after the batch, and singles again
+    finally:
+        stop.set()
+        for th in threads: th.join(30)
+        proc.terminate()
+        try: proc.wait(15)
+        except subprocess.TimeoutExpired: proc.kill()
+    before = [lat for t, s, lat in singles if s == 200 and t < runs[0]['t'][0]]
+    for run in runs:
+        t0, t1 = run.pop('t')
+        during = [lat for t, s, lat in singles if t0 - 0.2 <= t <= t1]   # sent while the batch was in (or just before it)
+        run['singles_during'] = {'n': len(during), 'p50_ms': round(1000 * pct(during, 50), 1) if during else None,
+                                 'max_ms': round(1000 * max(during), 1) if during else None,
+                                 'errors': sum(1 for t, s, _ in singles if t0 - 0.2 <= t <= t1 and s != 200)}
+        run['peak_rss_mib'] = round(max(m for t, m in rss if t0 <= t <= t1 + 2.0) / 2**20, 1)
+    return {'png_bytes': len(png), 'baseline_rss_mib': round(baseline / 2**20, 1), 'peak_rss_mib': round(max(m for _, m in rss) / 2**20, 1),
+            'rss_samples': len(rss), 'singles': len(singles), 'single_p50_ms_before': round(1000 * pct(before, 50), 1) if before else None,
+            'runs': runs}
+
+def big_batch_rows(B) -> list:
+    rows = [('big batch: server RSS at start / peak', f"{B['baseline_rss_mib']:.0f} / {B['peak_rss_mib']:.0f} MiB",
+             f"{B['rss_samples']} samples every 100 ms; singles p50 before any batch {B['single_p50_ms_before']} ms")]
+    for r in B['runs']:
+        what = f"{r['status']} {r['error']}" if r['error'] else f"{r['status']}, {r['items_ok']}/{r['files']} files classified"
+        S = r['singles_during']
+        rows += [(f"  {r['files']} x 9400x9400 PNG ({r['megapixels']} MP)", what, f"in {r['seconds']} s; peak RSS {r['peak_rss_mib']:.0f} MiB"),
+                 ('    singles meanwhile p50 / max', f"{S['p50_ms']} / {S['max_ms']} ms", f"{S['n']} requests, {S['errors']} errors")]
+    return rows
+
+def big_batch_targets(B) -> dict:
+    r16 = B['runs'][0]
+    return {'big_batch_413_or_under_2.5GB': r16['status'] == 413 or r16['peak_rss_mib'] * 2**20 < 2.5e9,
+            'singles_during_big_batch_under_2s': (r16['singles_during']['max_ms'] or 0) < 2000 and not r16['singles_during']['errors'],
+            'big_batch_peak_rss_under_2.5GB': B['peak_rss_mib'] * 2**20 < 2.5e9}
+
+def print_table(rows):
+    w = max(len(r[0]) for r in rows)
+    print(f"\n| {'measure'.ljust(w)} | value | note |\n|{'-' * (w + 2)}|---|---|")
+    for a, b, c in rows: print(f"| {a.ljust(w)} | {b} | {c} |")
+
+def write_json(out, result):
+    out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmpf = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix='.tmp')
+    with os.fdopen(fd, 'w') as f: f.write(json.dumps(result, indent=2) + '\n')
+    os.replace(tmpf, out)
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+def only_big_batch(args):
+    "`--only big-batch`: part 5 alone; its numbers replace that part of the JSON, the other parts stay as they were"
+    from bear_classifier.export import ensure_bundle
+    tmp = tempfile.TemporaryDirectory(prefix='bear-bench-api-')
+    models_root = Path(args.models or Path(tmp.name) / 'models')
+    if not args.model_dir: ensure_bundle(models_root)
+    B = big_batch(args, models_root, Path(tmp.name) / 'big-batch.sqlite', [(n, b, 'image/jpeg') for n, b in photos()])
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result['big_batch'] = B | {'date': datetime.now(timezone.utc).isoformat(timespec='seconds')}
+    targets = big_batch_targets(B)
+    result['targets'] = result.get('targets', {}) | targets
+    print_table(big_batch_rows(B))
+    print('\ntargets: ' + ', '.join(f"{k}: {'OK' if v else 'MISSED'}" for k, v in targets.items()))
+    write_json(out, result)
+    tmp.cleanup()
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--requests', type=int, default=2000)
@@ -131,9 +245,11 @@ def main():
     ap.add_argument('--models', default=None, help='serve the newest bundle under this folder')
     ap.add_argument('--log', default=None, help="the load-run server's prediction log (default: a temporary file; 'off': none)")
     ap.add_argument('--no-compare-log-off', dest='compare', action='store_false', help='skip the side-by-side server without logging')
+    ap.add_argument('--only', choices=['big-batch'], default=None, help='run only this part (its numbers go into the JSON)')
     ap.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'api.json'))
     args = ap.parse_args()
     if args.flood: return flood(args)
+    if args.only == 'big-batch': return only_big_batch(args)
 
     import torch
     from bear_classifier.inference import Predictor
@@ -196,6 +312,8 @@ def main():
         proc.terminate()
         try: proc.wait(15)
         except subprocess.TimeoutExpired: proc.kill()
+    big = big_batch(args, models_root, Path(tmp.name) / 'big-batch.sqlite' if str(log) != 'off' else 'off',
+                    [(n, b, 'image/jpeg') for n, b in images])
 
     ok = [t for s, t in res if s == 200]
     errors = {str(s): sum(1 for x, _ in res if x == s) for s in {s for s, _ in res if s != 200}}
@@ -228,6 +346,7 @@ def main():
                          'latency_503_ms': {f'p{q}': round(1000 * pct(rejected, q), 2) for q in (50, 95, 99)} | {'max': round(1000 * max(rejected), 2) if rejected else None},
                          'latency_200_ms_p50': round(1000 * pct(over_ok, 50), 1) if over_ok else None,
                          'pending_after': health.get('pending')},
+        'big_batch': big,
     }
     result['targets'] = {
         'no_errors_at_16_clients': not errors,
@@ -237,6 +356,7 @@ def main():
     }
     if logged_rows is not None: result['targets']['every_answer_logged'] = logged_rows == len(ok)
     if off: result['targets']['logging_costs_under_10pct'] = service_rate >= 0.9 * off_rate
+    result['targets'] |= big_batch_targets(big)
 
     L = result['load_run']; O = result['overload_run']
     rows = [
@@ -255,17 +375,10 @@ def main():
         ('  probes during the flood', f"{len(rejected)} x 503, {len(over_ok)} x 200", f"other errors: {sum(over_err.values())}"),
         ('  503 latency p50 / p95 / p99', f"{O['latency_503_ms']['p50']} / {O['latency_503_ms']['p95']} / {O['latency_503_ms']['p99']} ms", f"max {O['latency_503_ms']['max']} ms"),
         ('server memory RSS (USS = unique)', f"{rss_loaded:.0f} ({uss_loaded:.0f}) MiB loaded", f"{rss_served:.0f} ({uss_served:.0f}) MiB after the load run"),
-    ]
-    w = max(len(r[0]) for r in rows)
-    print(f"\n| {'measure'.ljust(w)} | value | note |\n|{'-' * (w + 2)}|---|---|")
-    for a, b, c in rows: print(f"| {a.ljust(w)} | {b} | {c} |")
+    ] + big_batch_rows(big)
+    print_table(rows)
     print('\ntargets: ' + ', '.join(f"{k}: {'OK' if v else 'MISSED'}" for k, v in result['targets'].items()))
-
-    out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmpf = tempfile.mkstemp(dir=out.parent, prefix=out.name, suffix='.tmp')
-    with os.fdopen(fd, 'w') as f: f.write(json.dumps(result, indent=2) + '\n')
-    os.replace(tmpf, out)
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    write_json(args.out, result)
     tmp.cleanup()
 
 if __name__ == '__main__': main()

@@ -1,7 +1,7 @@
 """The JSON prediction service (nbs/15_service.ipynb, nbs/16_api.ipynb) over real sockets: a real uvicorn server on a free
 loopback port, the real `Predictor` with the starter model (built once into a temporary models folder),
 and real HTTP requests through httpx. Every status the service can answer is produced here."""
-import base64, hashlib, io, json, os, re, select, signal, socket, sqlite3, subprocess, sys, threading, time
+import base64, hashlib, io, json, logging, os, re, select, signal, socket, sqlite3, subprocess, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,10 +12,10 @@ from PIL import Image
 from bear_classifier.files import Settings
 from bear_classifier.inference import Predictor
 from bear_classifier.api import create_app, openapi_schema, bear_serve
-from bear_classifier.service import MULTIPART_SLACK
+from bear_classifier.api import MULTIPART_SLACK
 from bear_classifier.predlog import PredictionLog, NOT_A_BEAR
-from bear_classifier.manifest import read_manifest
-from bear_classifier.testing import LoopbackServer, sample_photos, starter_bundle
+from bear_classifier.manifest import read_manifest, usable_files
+from bear_classifier.testing import LoopbackServer, png_bomb, sample_photos, starter_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 300_000   # max upload bytes of the test server: small, so over-limit bodies stay cheap
@@ -219,6 +219,77 @@ def test_batch_limits(server, photos):
     r = httpx.post(f"{server.url}/predict/batch", content=photos['chelsea'], headers={'content-type': 'image/jpeg'}, timeout=60)
     check_error(r, 415, 'unsupported_media_type')
 
+# ---------------------------------------------------------------- batch: bounded in pixels, served in turns
+
+def test_batch_over_the_pixel_budget_is_refused_from_the_headers(predictor, photos):
+    """The issue's batch: 16 PNGs whose headers say 9400x9400 (each under the 89 MP per-image limit, 1,414 MP in all).
+    It gets 413 at once, from the headers (nothing is decoded: these PNGs hold one row of pixels), and a single
+    /predict sent at the same time is answered as fast as ever. A file that is over the per-image limit on its own
+    gets its own error entry and does not count toward the budget."""
+    with LoopbackServer(create_app(predictor, Settings(max_upload_bytes=LIMIT, max_batch=16, log_db='off'))) as srv:
+        big = [('files', (f'big{i}.png', png_bomb(9400, 9400), 'image/png')) for i in range(16)]
+        with ThreadPoolExecutor(1) as ex:
+            t0 = time.perf_counter()
+            batch = ex.submit(httpx.post, f"{srv.url}/predict/batch", files=big, timeout=60)
+            single = post_raw(srv.url, photos['chelsea']); single_s = time.perf_counter() - t0
+            r = batch.result(); batch_s = time.perf_counter() - t0
+        body = check_error(r, 413, 'too_large')
+        assert '16 images of this batch have 1,414 MP in all' in body['detail'], body
+        assert batch_s < 5 and single.status_code == 200 and single_s < 5, (batch_s, single_s)
+        files = [('files', ('bomb.png', png_bomb(20_000, 20_000), 'image/png')), ('files', ('big.png', png_bomb(9400, 9400), 'image/png')),
+                 ('files', ('a.jpg', photos['coffee'], 'image/jpeg'))]
+        items = httpx.post(f"{srv.url}/predict/batch", files=files, timeout=60).json()
+        assert [(i['filename'], i['status'], i['error']) for i in items] == [
+            ('bomb.png', 413, 'decompression_bomb'), ('big.png', 400, 'truncated'), ('a.jpg', 200, None)], items
+
+def test_batch_pixel_budget_is_a_setting(predictor, photos, samples):
+    """`max_batch_pixels` bounds the sum over the readable files: a batch of real photos just under it is served,
+    one pixel over it is refused whole, and files that fail on their own do not count."""
+    sizes = [samples[n].size for n in ('chelsea', 'coffee')]
+    budget = sum(w * h for w, h in sizes)
+    files = [('files', ('a.jpg', photos['chelsea'], 'image/jpeg')), ('files', ('junk.jpg', b'not an image', 'image/jpeg')),
+             ('files', ('b.jpg', photos['coffee'], 'image/jpeg'))]
+    for limit, status in ((budget, 200), (budget - 1, 413)):
+        with LoopbackServer(create_app(predictor, Settings(max_upload_bytes=LIMIT, max_batch_pixels=limit, log_db='off'))) as srv:
+            r = httpx.post(f"{srv.url}/predict/batch", files=files, timeout=60)
+        assert r.status_code == status, (limit, r.text)
+    body = check_error(r, 413, 'too_large')
+    assert body['detail'].startswith(f"the 2 images of this batch have {budget / 1e6:,.0f} MP in all"), body
+
+class SlowPredictor:
+    "The real predictor, taking `delay` seconds per image on the worker, and noting what ran when"
+    def __init__(self, p, delay):
+        self.p, self.delay, self.events, self.started = p, delay, [], threading.Event()
+        self.name, self.version, self.kind, self.vocab, self.card = p.name, p.version, p.kind, p.vocab, p.card
+    def predict(self, img):
+        self.events.append('single'); time.sleep(self.delay); return self.p.predict(img)
+    def predict_batch(self, imgs):
+        self.events.append(f'batch of {len(imgs)}'); self.started.set(); time.sleep(self.delay * len(imgs))
+        return self.p.predict_batch(imgs)
+
+def test_a_batch_takes_turns_with_single_predictions(predictor, photos):
+    """A batch runs as a sequence of pool jobs; a /predict sent while it runs gets in between two of them, so it waits
+    for one job (here one image: 0.5 s), not for the whole batch (2 s). Small images still share a job by default."""
+    slow = SlowPredictor(predictor, delay=0.5)
+    app = create_app(slow, Settings(max_upload_bytes=LIMIT, max_batch=4, workers=1, queue=4, log_db='off'))
+    names = ['chelsea', 'coffee', 'astronaut', 'rocket']
+    files = [('files', (f'{n}.jpg', photos[n], 'image/jpeg')) for n in names]
+    with LoopbackServer(app) as srv:
+        items = httpx.post(f"{srv.url}/predict/batch", files=files, timeout=60).json()
+        assert slow.events == ['batch of 4'], slow.events                      # 4 small photos: one job, as before
+        assert [i['prediction']['label'] for i in items] == [predictor.predict_bytes(photos[n]).label for n in names]
+        app.state.service.job_pixels = 1                                        # now every image is a job of its own
+        slow.events.clear(); slow.started.clear()
+        with ThreadPoolExecutor(1) as ex:
+            batch = ex.submit(httpx.post, f"{srv.url}/predict/batch", files=files, timeout=60)
+            assert slow.started.wait(30)
+            t0 = time.perf_counter(); single = post_raw(srv.url, photos['china']); waited = time.perf_counter() - t0
+            r = batch.result()
+    assert single.status_code == 200 and r.status_code == 200, (single.text, r.text)
+    assert [(i['filename'], i['status']) for i in r.json()] == [(f'{n}.jpg', 200) for n in names]
+    assert slow.events.index('single') < len(slow.events) - 1 and slow.events.count('batch of 1') == 4, slow.events
+    assert waited < 1.6, f'a single /predict waited {waited:.2f} s behind a 4-job batch; one job is 0.5 s'
+
 # ---------------------------------------------------------------- the prediction log
 
 def test_predictions_are_logged(server, settings, predictor, photos, samples):
@@ -282,6 +353,25 @@ def test_feedback_confirms_and_corrects(server, settings, predictor, photos):
                                                     'image': 'data:image/jpeg;base64,' + b64(photos['china'])})
     assert fb.status_code == 200 and (review / fb.json()['saved']).read_bytes() == photos['china']
 
+def test_feedback_corrected_twice_keeps_the_photo_once(server, settings, predictor, samples):
+    """Correcting the same prediction again replaces the first correction: the photo is in the review queue once, under
+    the latest label (moved there even when the second verdict comes without the photo), and it leaves the queue when
+    the last verdict says the model was right after all."""
+    photo = jpeg(samples['flower'], quality=77)          # bytes no other test sends: only this prediction holds them
+    review, sha = Path(settings.review_root), hashlib.sha256(photo).hexdigest()
+    pred = post_raw(server.url, photo).json()
+    wrong = [l for l in [*map(str, predictor.vocab), NOT_A_BEAR] if l != answer_of(pred)]
+    def queued():
+        return sorted(f.relative_to(review).as_posix() for f in usable_files(review) if hashlib.sha256(f.read_bytes()).hexdigest() == sha)
+    for label, image in ((wrong[0], photo), (wrong[1], photo), (wrong[0], None)):
+        body = {'id': pred['id'], 'label': label} | ({'image': b64(image)} if image else {})
+        fb = httpx.post(f"{server.url}/feedback", json=body)
+        assert fb.status_code == 200 and fb.json()['saved'].startswith(f'{label}/'), fb.text
+        assert queued() == [fb.json()['saved']], (label, queued())
+        assert logged(settings)[pred['id']]['feedback'] == label
+    fb = httpx.post(f"{server.url}/feedback", json={'id': pred['id'], 'label': answer_of(pred)})
+    assert fb.json()['correct'] is True and queued() == [], queued()
+
 def test_feedback_errors(server, settings, photos):
     pred = post_raw(server.url, photos['rocket']).json()
     url, pid, label = f"{server.url}/feedback", pred['id'], answer_of(pred)
@@ -289,6 +379,9 @@ def test_feedback_errors(server, settings, photos):
     check_error(httpx.post(url, json={'id': 10**12, 'label': label, 'image': b64(b'junk')}), 404, 'unknown_id')
     body = check_error(httpx.post(url, json={'id': pid, 'label': 'panda'}), 422, 'unknown_label')
     assert NOT_A_BEAR in body['detail'] and 'grizzly' in body['detail']
+    for bad in ({'id': str(pid), 'label': label}, {'id': True, 'label': label}, {'id': float(pid), 'label': label}):
+        body = check_error(httpx.post(url, json=bad), 422, 'malformed_request')     # "5", true, 5.0: not ids
+        assert body['detail'].startswith('id: must be a JSON integer') and json.dumps(bad['id']) in body['detail'], body
     for bad in [{'label': label}, {'id': 'seven', 'label': label}, {'id': 0, 'label': label}, {'id': 2**64, 'label': label},
                 {'id': pid}, {'id': pid, 'label': label, 'photo': 'x'}, {'id': pid, 'label': label, 'image': 'not base64!'},
                 {'id': pid, 'label': label, 'image': 12}, [pid, label]]:
@@ -398,15 +491,23 @@ def test_health_is_503_loading_until_the_model_is_loaded(models_root, settings, 
         assert h.json()['model']['kind'] == 'starter' and (h.json()['workers'], h.json()['queue']) == (1, 2)
         assert post_raw(srv.url, photos['chelsea']).status_code == 200
 
-def test_a_model_that_fails_to_load_is_reported(tmp_path, settings, photos):
+def test_a_model_that_fails_to_load_is_reported_without_its_path(tmp_path, settings, photos, caplog):
+    """Anonymous clients learn that the bundle failed and why, but not where it lives on the server's disk:
+    the paths are cut to the bundle's folder name. The server's log has the whole message."""
     s = Settings(model_dir=str(tmp_path / 'not-a-bundle'), max_upload_bytes=LIMIT, log_db='off')
     (tmp_path / 'not-a-bundle').mkdir()
-    with LoopbackServer(create_app(settings=s)) as srv:
+    with caplog.at_level(logging.ERROR, logger='bear_classifier.service'), LoopbackServer(create_app(settings=s)) as srv:
         for _ in range(600):
             if (h := httpx.get(f"{srv.url}/health")).json()['status'] != 'loading': break
             time.sleep(0.05)
         assert h.status_code == 503 and h.json()['status'] == 'error' and h.json()['detail']
-        check_error(post_raw(srv.url, photos['chelsea']), 503, 'model_unavailable')
+        body = check_error(post_raw(srv.url, photos['chelsea']), 503, 'model_unavailable')
+        card = check_error(httpx.get(f"{srv.url}/model"), 503, 'model_unavailable')
+    for detail in (h.json()['detail'], body['detail'], card['detail']):
+        assert 'not-a-bundle' in detail and str(tmp_path) not in detail and '/' not in detail.split('not-a-bundle')[0], detail
+    assert h.json()['detail'].startswith('BundleError: not-a-bundle is not a model bundle'), h.json()
+    logged_text = '\n'.join(r.getMessage() for r in caplog.records)
+    assert str(tmp_path / 'not-a-bundle') in logged_text, logged_text
 
 def test_model_card_has_no_paths_or_secrets(server, predictor, models_root):
     r = httpx.get(f"{server.url}/model")
