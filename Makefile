@@ -26,7 +26,7 @@ install: $(STAMP)
 app: install
 	$(BIN)/bear-app
 
-## the whole suite: every notebook (nbdev's runner, one test each) + tests/*.py
+## the whole suite: every notebook in a fresh Jupyter kernel (one test each) + tests/*.py
 test: install
 	$(BIN)/python -m pytest
 
@@ -37,7 +37,7 @@ test-fast: install
 ## the notebooks with their cells flagged slow too (real training runs, full replays)
 test-slow: install
 	$(BIN)/nbdev-test --flags slow --do-print
-	$(BIN)/python -m pytest --runslow tests/test_kernel_run.py tests/test_faults.py
+	$(BIN)/python -m pytest --runslow tests/test_faults.py
 
 ## notebooks -> modules, then strip outputs/metadata (run before every commit)
 export: install

@@ -249,7 +249,7 @@ def plot_report(rep:ShiftReport, dest) -> Path:
     plt.close(fig)
     return Path(dest)
 
-# %% ../nbs/13_monitor.ipynb #c065
+# %% ../nbs/13_monitor.ipynb #c066
 def replay(log:PredictionLog, predictor, files, start:datetime, step:timedelta=timedelta(minutes=1), frontend='replay'):
     "Predict each of `files` with `predictor` and log it at simulated times from `start`; returns the next time"
     t = start
@@ -263,7 +263,7 @@ def replay(log:PredictionLog, predictor, files, start:datetime, step:timedelta=t
         t += step
     return t
 
-# %% ../nbs/13_monitor.ipynb #c070
+# %% ../nbs/13_monitor.ipynb #c071
 def _card(model:str|None) -> dict:
     "The model card of bundle `model`, else of the newest bundle; {} (said on stderr) when there is none to read"
     try:
@@ -274,7 +274,7 @@ def _card(model:str|None) -> dict:
         print(f'bear-monitor: no model card ({e}); using the first predictions as reference', file=sys.stderr)
         return {}
 
-# %% ../nbs/13_monitor.ipynb #c072
+# %% ../nbs/13_monitor.ipynb #c073
 @call_parse
 def bear_monitor(
     command:str,           # `report` (the only command for now)

@@ -1,4 +1,4 @@
-"""Every notebook in nbs/ runs top to bottom in a real Jupyter kernel, as an author runs it.
+"""The kernel runner of tests/test_notebooks.py (docs/nbrun.py) runs what nbdev's test runner runs, no more.
 
 docs/nbrun.py does the running: nbclient (what `jupyter execute` uses), this environment's `python3`
 kernel (the pinned stack), the notebook's folder as working directory, offline, the cells nbdev's
@@ -15,11 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT/'docs'))
 from nbrun import kernel_notebook, run_in_kernel   # noqa: E402
 
-NOTEBOOKS = sorted((ROOT/'nbs').glob('*.ipynb'))
-# Running every notebook a second time, in kernels, costs as much again as tests/test_notebooks.py (which runs the same
-# cells through nbdev's runner); until one replaces the other this file runs with `make test-slow` / --runslow.
-pytestmark = pytest.mark.slow
-
 
 def test_flagged_cells_stay_out(tmp_path):
     "Only the cells the test runner runs reach the kernel: `#| slow` and `#| notest` do not"
@@ -30,8 +25,3 @@ def test_flagged_cells_stay_out(tmp_path):
     assert [c.source for c in kernel_notebook(tmp_path/'t.ipynb', ['notest', 'slow']).cells] == ['x = 1', 'assert x == 1']
     out, _ = run_in_kernel(tmp_path/'t.ipynb', ['notest', 'slow'])
     assert [c.execution_count for c in out.cells] == [1, 2]
-
-
-@pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_in_kernel(nb):
-    run_in_kernel(nb)
