@@ -15,6 +15,7 @@ from PIL import Image
 from fastcore.basics import patch
 
 from .files import Settings, is_url, log_location, models_root, project_root, settings
+from .bundle import latest_bundle
 from .images import MAX_IMAGE_BYTES, ImageError, decode_bytes
 from .predlog import NOT_A_BEAR, PredictionLog, log_name
 from .inference import none_text
@@ -344,7 +345,7 @@ def load_page_predictor(s:Settings|None=None):
     "The `Predictor` the page serves: `s.model_dir`, else the newest bundle under `models_root(s)`, else the starter; warmed up"
     from bear_classifier.inference import Predictor
     s = s or settings()
-    d = s.model_dir
+    d = s.model_dir or latest_bundle(models_root(s))
     if not d:
         from bear_classifier.export import ensure_bundle
         d = ensure_bundle(models_root(s))

@@ -6,24 +6,23 @@ Docs: https://bear-classifier.github.io/bear_classifier/bundle.html.md"""
 
 # %% ../nbs/10_bundle.ipynb #c003
 from __future__ import annotations
-import json, logging, os, warnings
+import json, logging, math, os, warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-from torch import nn
-from safetensors.torch import load_file, save_file
+import numpy as np
+from PIL import Image
 
 from . import files
-from .core import create_backbone, create_model, DEFAULT_BACKBONE
 from .files import atomic_write, parse_utc, remove_stale_temps, replace_dir, sha256_file, temp_dir
 from .journal import locked
 
 # %% auto #0
-__all__ = ['RESIZE_METHODS', 'NAB_PREFIX', 'GATE_PREFIX', 'ONNX_OUTPUTS', 'CARD', 'CARD_SCHEMA', 'CARD_REQUIRED', 'log',
-           'BundleError', 'UnsafeModelError', 'item_transform', 'preprocessing_from_learner', 'imagenet_body',
-           'BearNet', 'save_net', 'load_net', 'export_onnx', 'read_card', 'write_card', 'check_file', 'verify_bundle',
-           'install_bundle', 'building', 'list_bundles', 'latest_bundle', 'load_bundle_learner']
+__all__ = ['RESIZE_METHODS', 'PAD_MODES', 'NAB_PREFIX', 'GATE_PREFIX', 'ONNX_OUTPUTS', 'CARD', 'CARD_SCHEMA', 'CARD_REQUIRED',
+           'log', 'BundleError', 'UnsafeModelError', 'item_transform', 'validation_resize',
+           'preprocessing_from_learner', 'imagenet_body', 'save_net', 'load_net', 'export_onnx', 'read_card',
+           'write_card', 'check_file', 'verify_bundle', 'install_bundle', 'building', 'list_bundles', 'latest_bundle',
+           'load_bundle_learner']
 
 # %% ../nbs/10_bundle.ipynb #c006
 class BundleError(RuntimeError):
@@ -46,9 +45,35 @@ def item_transform(inp:dict):
     return Resize(size, method=m, pad_mode=inp.get('pad_mode', PadMode.Reflection))
 
 # %% ../nbs/10_bundle.ipynb #c014
+PAD_MODES = dict(zeros='constant', border='edge', reflection='reflect')    # fastai's PadMode -> numpy.pad's mode
+
+def _crop_pad(im:Image.Image, size, tl, pad_mode:str='zeros') -> Image.Image:
+    "fastai's `crop_pad` on an RGB image: the box of `size` (w, h) at top-left `tl`, padded with `pad_mode` where it leaves the image"
+    (w, h), (cw, ch), (l, t) = im.size, size, tl
+    im = im.crop((max(l, 0), max(t, 0), min(l + cw, w), min(t + ch, h)))
+    pad = ((max(-t, 0), max(t + ch - h, 0)), (max(-l, 0), max(l + cw - w, 0)), (0, 0))
+    if not any(a or b for a, b in pad): return im
+    return Image.fromarray(np.pad(np.asarray(im), pad, mode=PAD_MODES[str(pad_mode)]))
+
+# %% ../nbs/10_bundle.ipynb #c017
+def validation_resize(img:Image.Image, inp:dict) -> Image.Image:
+    "The card's `input` applied to RGB `img` exactly as fastai's validation item transform does (`item_transform`), with Pillow and numpy"
+    m, (sw, sh), (w, h) = inp['resize_method'], inp['size'], img.size
+    if m not in RESIZE_METHODS: raise BundleError(f"unknown resize method {m!r}; expected one of {RESIZE_METHODS}")
+    if m == 'rrc':
+        xtra = math.ceil(max(sw, sh) * inp.get('val_xtra', 0.14) / 8) * 8
+        big = img.resize((sw + xtra, sh + xtra), Image.BILINEAR)
+        return _crop_pad(big, (sw, sh), (xtra // 2, xtra // 2)) if xtra else big
+    if m == 'squish': return img.resize((sw, sh), Image.BILINEAR)
+    f = w / sw if (w / sw < h / sh) == (m == 'crop') else h / sh       # crop: the box fits inside; pad: the photo fits inside
+    cw, ch = int(f * sw), int(f * sh)
+    box = _crop_pad(img, (cw, ch), (int(0.5 * (w - cw)), int(0.5 * (h - ch))), inp.get('pad_mode', 'reflection'))
+    return box.resize((sw, sh), Image.BILINEAR)
+
+# %% ../nbs/10_bundle.ipynb #c021
 def _enum_name(v) -> str: return str(getattr(v, 'value', v)).lower()
 
-# %% ../nbs/10_bundle.ipynb #c015
+# %% ../nbs/10_bundle.ipynb #c022
 def _card_input(learn) -> dict:
     "The card's `input`: the validation item transforms of `learn.dls`, or `BundleError` when they cannot be reproduced"
     from fastai.vision.augment import Resize, RandomResizedCrop
@@ -65,7 +90,7 @@ def _card_input(learn) -> dict:
     if int(r.mode) != 2: raise BundleError(f"resize with resample mode {r.mode} is not supported (bilinear only)")
     return dict(size=[int(s) for s in r.size], **inp, resample='bilinear')   # fastai's size is (w, h)
 
-# %% ../nbs/10_bundle.ipynb #c017
+# %% ../nbs/10_bundle.ipynb #c024
 def _card_normalization(learn) -> dict:
     "The card's `normalization` from the batch transforms of `learn.dls`, or `BundleError` when they do more"
     from fastai.data.transforms import Normalize, IntToFloatTensor
@@ -82,52 +107,45 @@ def _card_normalization(learn) -> dict:
     n = norms[0]
     return dict(mean=n.mean.flatten().tolist(), std=n.std.flatten().tolist(), scale=1/255)
 
-# %% ../nbs/10_bundle.ipynb #c018
+# %% ../nbs/10_bundle.ipynb #c025
 def preprocessing_from_learner(learn) -> dict:
     "The card's `input` and `normalization` entries, read from the validation transforms of `learn.dls`"
     return dict(input=_card_input(learn), normalization=_card_normalization(learn))
 
-# %% ../nbs/10_bundle.ipynb #c022
-def imagenet_body(backbone:str=DEFAULT_BACKBONE, pretrained:bool=True) -> nn.Module:
-    "The backbone cut before its pooling layer, exactly as `create_model` and `vision_learner` cut it"
+# %% ../nbs/10_bundle.ipynb #c029
+def imagenet_body(backbone:str|None=None, pretrained:bool=True):
+    "The backbone `backbone` (default `core.DEFAULT_BACKBONE`) cut before its pooling layer, exactly as `create_model` and `vision_learner` cut it"
     from fastai.vision.learner import create_body
-    return create_body(create_backbone(backbone, pretrained), cut=-2).eval()
+    from bear_classifier.core import DEFAULT_BACKBONE, create_backbone
+    return create_body(create_backbone(backbone or DEFAULT_BACKBONE, pretrained), cut=-2).eval()
 
-# %% ../nbs/10_bundle.ipynb #c024
-class BearNet(nn.Module):
-    "`create_model`'s network plus the ImageNet mass when given its classifier: returns (probs, bear_score, pooled features)"
-    def __init__(self, model:nn.Sequential, in_weight:torch.Tensor|None=None, in_bias:torch.Tensor|None=None, rows=(),
-                 gate:nn.Module|None=None):
-        super().__init__()
-        self.body, self.head, self.gate = model[0], model[1], gate
-        self.register_buffer('in_weight', None if in_weight is None else in_weight.float())
-        self.register_buffer('in_bias', None if in_bias is None else in_bias.float())
-        self.register_buffer('rows', torch.tensor(list(rows), dtype=torch.long))
-    def forward(self, x, xg=None):
-        "`x`: the model's input batch; `xg`: the gate's input batch (default `x`)"
-        f = self.body(x)
-        probs = self.head(f).softmax(-1)
-        pooled = f.mean((2, 3))
-        if self.in_weight is None: return probs, pooled[:, 0] * 0, pooled     # no ImageNet classifier: a zero score
-        g = pooled if self.gate is None else self.gate(x if xg is None else xg).mean((2, 3))
-        z = g @ self.in_weight.t() + self.in_bias
-        return probs, z.index_select(1, self.rows).logsumexp(1) - z.logsumexp(1), pooled
+# %% ../nbs/10_bundle.ipynb #c034
+def __getattr__(name:str):
+    "`BearNet` is `core.BearNet`, imported on first use (reading a bundle needs no torch)"
+    if name == 'BearNet':
+        from bear_classifier.core import BearNet
+        return BearNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-# %% ../nbs/10_bundle.ipynb #c028
+# %% ../nbs/10_bundle.ipynb #c037
 NAB_PREFIX = 'not_a_bear.'
 GATE_PREFIX = NAB_PREFIX + 'gate.'
 
-def save_net(net:BearNet, path):
-    "Write a `BearNet` to safetensors: the `create_model` state dict, the ImageNet classifier, the gate if any"
+def save_net(net, path):
+    "Write a `core.BearNet` to safetensors: the `create_model` state dict, the ImageNet classifier, the gate if any"
+    from torch import nn
+    from safetensors.torch import save_file
     sd = {k: v.detach().contiguous().clone() for k, v in nn.Sequential(net.body, net.head).state_dict().items()}
     if net.in_weight is not None:
         sd[NAB_PREFIX+'weight'], sd[NAB_PREFIX+'bias'] = net.in_weight.contiguous().clone(), net.in_bias.contiguous().clone()
     if net.gate is not None: sd.update({GATE_PREFIX+k: v.detach().contiguous().clone() for k, v in net.gate.state_dict().items()})
     save_file(sd, str(path), metadata={'format': 'pt', 'model': 'bear_classifier.core.create_model'})
 
-# %% ../nbs/10_bundle.ipynb #c031
-def load_net(bundle, card:dict|None=None) -> BearNet:
-    "Rebuild a bundle's `BearNet` from its card and safetensors weights (no unpickling)"
+# %% ../nbs/10_bundle.ipynb #c040
+def load_net(bundle, card:dict|None=None):
+    "Rebuild a bundle's `core.BearNet` from its card and safetensors weights (no unpickling)"
+    from safetensors.torch import load_file
+    from bear_classifier.core import BearNet, create_model
     bundle = Path(bundle); p = bundle/'model.safetensors'
     card = card or read_card(bundle)
     try: sd = load_file(str(p))
@@ -144,11 +162,12 @@ def load_net(bundle, card:dict|None=None) -> BearNet:
     rows = (card['none_of_these'].get('imagenet_rows') or ()) if in_w is not None else ()
     return BearNet(model, in_w, in_b, rows, gate=gate).eval()
 
-# %% ../nbs/10_bundle.ipynb #c034
+# %% ../nbs/10_bundle.ipynb #c043
 ONNX_OUTPUTS = ('probs', 'bear_score', 'features')
 
-def export_onnx(net:BearNet, size, path, gate_size=None, opset:int=17):
-    "Export `net` for (N, 3, h, w) float inputs, `size`=(w, h) (and the gate's `gate_size`), to `path`"
+def export_onnx(net, size, path, gate_size=None, opset:int=17):
+    "Export the `core.BearNet` `net` for (N, 3, h, w) float inputs, `size`=(w, h) (and the gate's `gate_size`), to `path`"
+    import torch
     w, h = size
     args, names = (torch.zeros(1, 3, h, w),), ['image']
     if net.gate is not None:
@@ -161,7 +180,7 @@ def export_onnx(net:BearNet, size, path, gate_size=None, opset:int=17):
                           dynamic_axes={n: {0: 'batch'} for n in (*names, *ONNX_OUTPUTS)})
     return Path(path)
 
-# %% ../nbs/10_bundle.ipynb #c037
+# %% ../nbs/10_bundle.ipynb #c046
 CARD = 'model.json'
 CARD_SCHEMA = 2
 CARD_REQUIRED = ('vocab', 'architecture', 'input', 'normalization', 'none_of_these', 'files', 'created')
@@ -179,13 +198,13 @@ def read_card(bundle) -> dict:
         if k not in card: raise BundleError(f"{p} has no {k!r}: not a bear_classifier model card (re-export it)")
     return card
 
-# %% ../nbs/10_bundle.ipynb #c040
+# %% ../nbs/10_bundle.ipynb #c049
 def _hash_files(folder:Path) -> dict:
     "`{name: {sha256, bytes}}` of every file in `folder` except the card"
     return {p.name: dict(sha256=sha256_file(p), bytes=p.stat().st_size) for p in sorted(folder.iterdir())
             if p.is_file() and p.name != CARD}
 
-# %% ../nbs/10_bundle.ipynb #c041
+# %% ../nbs/10_bundle.ipynb #c050
 def write_card(folder, card:dict) -> dict:
     "Write `card` (with `files` hashed) as `folder/model.json`, atomically; returns the card written"
     folder = Path(folder)
@@ -193,7 +212,7 @@ def write_card(folder, card:dict) -> dict:
     atomic_write(folder/CARD, json.dumps(card, indent=2, sort_keys=False) + '\n')
     return card
 
-# %% ../nbs/10_bundle.ipynb #c044
+# %% ../nbs/10_bundle.ipynb #c053
 def check_file(bundle, card:dict, fname:str) -> Path:
     "Path of `fname` in `bundle` after checking its sha256 against the card"
     p = Path(bundle)/fname
@@ -203,19 +222,19 @@ def check_file(bundle, card:dict, fname:str) -> Path:
     if sha256_file(p) != want: raise BundleError(f"{p} does not match the sha256 in its card (modified or corrupt); re-export the model")
     return p
 
-# %% ../nbs/10_bundle.ipynb #c047
+# %% ../nbs/10_bundle.ipynb #c056
 def verify_bundle(bundle) -> dict:
     "The card of `bundle`, after checking every file it lists against its sha256 (`BundleError` for the first that fails)"
     card = read_card(bundle)
     for fname in card['files']: check_file(bundle, card, fname)
     return card
 
-# %% ../nbs/10_bundle.ipynb #c050
+# %% ../nbs/10_bundle.ipynb #c059
 def _umask() -> int:
     "The process's umask (reading it means setting it, so it is set back at once)"
     m = os.umask(0); os.umask(m); return m
 
-# %% ../nbs/10_bundle.ipynb #c051
+# %% ../nbs/10_bundle.ipynb #c060
 def install_bundle(tmp:Path, dest:Path) -> Path:
     "Rename the finished bundle folder `tmp` to `dest`, replacing an existing bundle safely"
     tmp, dest = Path(tmp), Path(dest)
@@ -224,7 +243,7 @@ def install_bundle(tmp:Path, dest:Path) -> Path:
     for f in tmp.iterdir(): os.chmod(f, 0o666 & ~m)
     return replace_dir(tmp, dest)
 
-# %% ../nbs/10_bundle.ipynb #c054
+# %% ../nbs/10_bundle.ipynb #c063
 @contextmanager
 def building(models_dir):
     "Hold `models_dir`'s build lock inside the block, after removing what killed builds left there (`.tmp-*`)"
@@ -234,7 +253,7 @@ def building(models_dir):
         remove_stale_temps(models_dir, min_age_s=0)   # under the lock no build is running: every temp is a dead one's
         yield models_dir
 
-# %% ../nbs/10_bundle.ipynb #c057
+# %% ../nbs/10_bundle.ipynb #c066
 log = logging.getLogger('bear_classifier')
 
 def list_bundles(models_root=None) -> list[tuple[Path, dict]]:
@@ -248,7 +267,7 @@ def list_bundles(models_root=None) -> list[tuple[Path, dict]]:
         except BundleError as e: warnings.warn(f"skipping {d}: {e}")
     return sorted(out, key=lambda pc: (pc[1].get('kind') != 'starter', parse_utc(pc[1]['created'])), reverse=True)
 
-# %% ../nbs/10_bundle.ipynb #c059
+# %% ../nbs/10_bundle.ipynb #c068
 def latest_bundle(models_root=None) -> Path|None:
     "The newest trained bundle under `models_root` (by its card's `created`), else the newest starter, else None"
     bs = list_bundles(models_root)
@@ -257,7 +276,7 @@ def latest_bundle(models_root=None) -> Path|None:
     log.info("latest bundle under %s: %s (%s, created %s, %d bundle(s) found)", p.parent, p.name, card.get('kind'), card['created'], len(bs))
     return p
 
-# %% ../nbs/10_bundle.ipynb #c062
+# %% ../nbs/10_bundle.ipynb #c071
 def load_bundle_learner(bundle, trust:bool=False, cpu:bool=True):
     "`load_learner` on `bundle/export.pkl`, refused unless its sha256 matches the card or `trust=True`"
     from fastai.learner import load_learner

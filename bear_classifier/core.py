@@ -27,7 +27,7 @@ from .files import atomic_path, cache_dir, sha256_file
 __all__ = ['BACKBONES', 'DEFAULT_BACKBONE', 'LITE_STATS', 'ARCHS', 'HEADS', 'IMAGENET_BEAR_CLASSES', 'BackboneError',
            'source_checkpoint', 'map_checkpoint', 'imagenet_weights', 'create_backbone', 'efficientnet_lite0',
            'efficientnet_lite1', 'efficientnet_lite2', 'pretrained_arch', 'create_model_head', 'create_model',
-           'package_photos', 'imagenet_classes', 'imagenet_preprocess', 'imagenet_topk', 'package_versions',
+           'BearNet', 'package_photos', 'imagenet_classes', 'imagenet_preprocess', 'imagenet_topk', 'package_versions',
            'NetworkBlocked', 'block_network', 'bear_backbone']
 
 # %% ../nbs/01_core.ipynb #c006
@@ -132,6 +132,26 @@ def create_model(backbone:str=DEFAULT_BACKBONE, n_out:int=3, head:str='fastai', 
     return nn.Sequential(body, create_model_head(head, num_features_model(body), n_out, ps))
 
 # %% ../nbs/01_core.ipynb #c030
+class BearNet(nn.Module):
+    "`create_model`'s network plus the ImageNet mass when given its classifier: returns (probs, bear_score, pooled features)"
+    def __init__(self, model:nn.Sequential, in_weight:torch.Tensor|None=None, in_bias:torch.Tensor|None=None, rows=(),
+                 gate:nn.Module|None=None):
+        super().__init__()
+        self.body, self.head, self.gate = model[0], model[1], gate
+        self.register_buffer('in_weight', None if in_weight is None else in_weight.float())
+        self.register_buffer('in_bias', None if in_bias is None else in_bias.float())
+        self.register_buffer('rows', torch.tensor(list(rows), dtype=torch.long))
+    def forward(self, x, xg=None):
+        "`x`: the model's input batch; `xg`: the gate's input batch (default `x`)"
+        f = self.body(x)
+        probs = self.head(f).softmax(-1)
+        pooled = f.mean((2, 3))
+        if self.in_weight is None: return probs, pooled[:, 0] * 0, pooled     # no ImageNet classifier: a zero score
+        g = pooled if self.gate is None else self.gate(x if xg is None else xg).mean((2, 3))
+        z = g @ self.in_weight.t() + self.in_bias
+        return probs, z.index_select(1, self.rows).logsumexp(1) - z.logsumexp(1), pooled
+
+# %% ../nbs/01_core.ipynb #c034
 @functools.cache
 def _package_arrays() -> dict:
     from skimage import data as sk
@@ -145,7 +165,7 @@ def package_photos() -> dict:
     from PIL import Image
     return {n: Image.fromarray(a).convert('RGB') for n, a in _package_arrays().items()}
 
-# %% ../nbs/01_core.ipynb #c033
+# %% ../nbs/01_core.ipynb #c037
 IMAGENET_BEAR_CLASSES = {'grizzly': [294], 'black': [295], 'teddy': [850]}  # brown bear, American black bear, teddy
 
 def imagenet_classes() -> list[str]:
@@ -154,7 +174,7 @@ def imagenet_classes() -> list[str]:
     info = ImageNetInfo()
     return [info.index_to_description(i).split(',')[0] for i in range(1000)]
 
-# %% ../nbs/01_core.ipynb #c035
+# %% ../nbs/01_core.ipynb #c039
 def imagenet_preprocess(img, size:int=224, crop_pct:float=0.875) -> torch.Tensor:
     "A PIL image as a normalised (1,3,size,size) tensor, timm's evaluation transform for the Lite weights"
     from torchvision.transforms import v2 as T
@@ -162,7 +182,7 @@ def imagenet_preprocess(img, size:int=224, crop_pct:float=0.875) -> torch.Tensor
                      T.CenterCrop(size), T.ToDtype(torch.float32, scale=True), T.Normalize(*LITE_STATS)])
     return tfm(img.convert('RGB'))[None]
 
-# %% ../nbs/01_core.ipynb #c037
+# %% ../nbs/01_core.ipynb #c041
 @torch.inference_mode()
 def imagenet_topk(model:nn.Module, img, k:int=5) -> list[tuple[int,str,float]]:
     "Top-`k` ImageNet classes (index, name, probability) of a PIL image"
@@ -171,7 +191,7 @@ def imagenet_topk(model:nn.Module, img, k:int=5) -> list[tuple[int,str,float]]:
     names = imagenet_classes()
     return [(int(j), names[j], float(q)) for q, j in zip(p, i)]
 
-# %% ../nbs/01_core.ipynb #c042
+# %% ../nbs/01_core.ipynb #c046
 def package_versions() -> dict:
     "Versions of the packages that decide what a model computes (None for one that is not installed)"
     import platform
@@ -182,7 +202,7 @@ def package_versions() -> dict:
         except PackageNotFoundError: out[p] = None
     return out
 
-# %% ../nbs/01_core.ipynb #c045
+# %% ../nbs/01_core.ipynb #c049
 class NetworkBlocked(OSError):
     "Raised by any connection attempt inside `block_network`"
 
@@ -196,7 +216,7 @@ def block_network():
     try: yield
     finally: socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved
 
-# %% ../nbs/01_core.ipynb #c048
+# %% ../nbs/01_core.ipynb #c052
 @call_parse
 def bear_backbone(
     name:str=DEFAULT_BACKBONE, # Backbone: lite0, lite1 or lite2

@@ -11,12 +11,11 @@ from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from fastcore.basics import patch
 
 from . import files
-from .bundle import BundleError, read_card, check_file, load_net, item_transform, latest_bundle, ONNX_OUTPUTS
+from .bundle import BundleError, read_card, check_file, load_net, validation_resize, latest_bundle, ONNX_OUTPUTS
 from .images import ImageError, decode_bytes, decode_image
 from .ood import KNN_K, knn_scores, l2_normalize, load_bank
 
@@ -116,7 +115,8 @@ def _onnx_runner(path, threads=None):
 
 # %% ../nbs/11_inference.ipynb #c023
 def _torch_runner(net, threads=None):
-    "A runner on PyTorch (inference mode) for the `BearNet` `net`"
+    "A runner on PyTorch (inference mode) for the `core.BearNet` `net`"
+    import torch
     if threads: torch.set_num_threads(threads)
     net = net.eval()
     def run(x, xg):
@@ -154,8 +154,8 @@ def __repr__(self:Predictor):
 # %% ../nbs/11_inference.ipynb #c031
 @patch
 def _prep(self:Predictor, img, inp:dict) -> np.ndarray:
-    "`img` through the item transform that `inp` describes, scaled and normalised: (3, h, w) float32"
-    im = item_transform(inp)(img, split_idx=1)
+    "`img` through the validation item transform that `inp` describes, scaled and normalised: (3, h, w) float32"
+    im = validation_resize(img, inp)
     a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
     return (a / self._div - self._mean) / self._std
 
@@ -223,7 +223,7 @@ def predict_bytes(self:Predictor, b:bytes, name:str|None=None) -> Prediction:
     probs, score, _ = self._run_batch([self.inputs(decode_bytes(bytes(b), name))])
     return self._answer(probs[0], score[0])
 
-# %% ../nbs/11_inference.ipynb #c052
+# %% ../nbs/11_inference.ipynb #c054
 @patch
 def predict_batch(self:Predictor, items, bs:int=32) -> list:
     "Classify many inputs in batches of `bs`; a bad input gives its `ImageError` in its place, the rest go on"
@@ -239,7 +239,7 @@ def predict_batch(self:Predictor, items, bs:int=32) -> list:
         for (i, _), p, s in zip(chunk, probs, score): out[i] = self._answer(p, s)
     return out
 
-# %% ../nbs/11_inference.ipynb #c055
+# %% ../nbs/11_inference.ipynb #c057
 @patch
 def embed_batch(self:Predictor, items, bs:int=32) -> tuple[np.ndarray, int]:
     "(L2-normalised pooled features of the readable `items`, number skipped as unreadable)"

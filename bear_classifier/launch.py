@@ -7,6 +7,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/launch.html.md"""
 # %% ../nbs/14b_launch.ipynb #c002
 from __future__ import annotations
 import asyncio, json, os, socket, sys
+from contextvars import ContextVar
 from dataclasses import replace
 from html import escape
 from pathlib import Path
@@ -25,10 +26,10 @@ from .files import (
     ENV_PREFIX, Settings, SettingsError, log_location, models_root, one_line, project_root, review_dir, settings)
 
 # %% auto #0
-__all__ = ['PAGE', 'VOILA_CONFIG', 'TEMPLATE', 'RETRY_S', 'KERNEL_SETTINGS', 'voila_config', 'KernelsBusy', 'CappedKernelManager',
-           'busy_page', 'CappedVoilaHandler', 'KernelInfoRefused', 'TemplateFiles', 'BearVoila', 'serve_page',
-           'port_is_free', 'check_launch', 'choose_model', 'prepare_log', 'kernel_env', 'served_settings', 'voila_argv',
-           'launch_line', 'kernel_ceiling', 'bear_app']
+__all__ = ['PAGE', 'VOILA_CONFIG', 'TEMPLATE', 'RETRY_S', 'LET_IN', 'KERNEL_SETTINGS', 'voila_config', 'KernelsBusy',
+           'CappedKernelManager', 'busy_page', 'CappedVoilaHandler', 'KernelInfoRefused', 'TemplateFiles', 'BearVoila',
+           'serve_page', 'port_is_free', 'check_launch', 'choose_model', 'prepare_log', 'kernel_env', 'served_settings',
+           'voila_argv', 'launch_line', 'kernel_ceiling', 'bear_app']
 
 # %% ../nbs/14b_launch.ipynb #c005
 PAGE = Path('nbs')/'app.ipynb'      # the notebook Voilà renders, relative to the project root
@@ -53,19 +54,27 @@ class CappedKernelManager(AsyncMappingKernelManager):
     max_kernels = Int(6, config=True, help="The most kernels (visitors' and pre-heated ones) that may run at once")
     def __init__(self, **kw):
         super().__init__(**kw)
-        self.starting = self.reserved = 0    # kernels being started; visitors let in whose kernel may not be counted yet
+        self.starting, self.heated = set(), []     # ids of the kernels being started; pre-heated ones no visitor has taken
+        self.reserved = self.promised = 0          # visitors let in whose own kernel, or whose pool kernel, has not started
 
 # %% ../nbs/14b_launch.ipynb #c014
 @patch
 def in_use(self:CappedKernelManager) -> int:
     "Kernels running or starting"
-    return len(self.list_kernel_ids()) + self.starting
+    return len(set(self.list_kernel_ids()) | self.starting)
 
-# %% ../nbs/14b_launch.ipynb #c016
+# %% ../nbs/14b_launch.ipynb #c017
+LET_IN = ContextVar('bear_let_in', default=None)   # [True] while the page load this task serves holds a reservation
+
+@patch
+def owed(self:CappedKernelManager) -> int:
+    "Room promised to visitors let in whose kernel has not started yet"
+    return self.reserved + self.promised
+
 @patch
 def admit(self:CappedKernelManager) -> bool:
-    "Reserve room for one visitor's kernel; False when every kernel the page may run is taken or promised"
-    if self.in_use() + self.reserved >= self.max_kernels: return False
+    "Reserve room for one visitor's new kernel; False when every kernel the page may run is taken or owed"
+    if self.in_use() + self.owed() >= self.max_kernels: return False
     self.reserved += 1
     return True
 
@@ -74,19 +83,37 @@ def release(self:CappedKernelManager):
     "Give back a visitor's reservation"
     self.reserved = max(0, self.reserved - 1)
 
-# %% ../nbs/14b_launch.ipynb #c019
+# %% ../nbs/14b_launch.ipynb #c020
+@patch
+def take_pooled(self:CappedKernelManager) -> bool:
+    "A visitor takes the pool's next kernel: True when it has started, or there is room for it to start (then promised)"
+    if self.heated: self.heated.pop(0); return True
+    if self.in_use() + self.owed() >= self.max_kernels: return False
+    self.promised += 1
+    return True
+
+# %% ../nbs/14b_launch.ipynb #c023
 @patch
 async def start_kernel(self:CappedKernelManager, *args, **kwargs) -> str:
     "Start a kernel under the ceiling: a pre-heated one waits for room, a visitor's is refused with `KernelsBusy`"
     preheat = (kwargs.get('env') or {}).get('VOILA_PREHEAT') == 'True'
-    while self.in_use() >= self.max_kernels:
+    taken = preheat and self.promised > 0                  # a visitor took this pool kernel already: the room is theirs
+    if taken: self.promised -= 1
+    while not taken and self.in_use() + (self.owed() if preheat else self.promised) >= self.max_kernels:
         if not preheat: raise KernelsBusy(self.max_kernels)
-        await asyncio.sleep(0.5)
-    self.starting += 1
+        await asyncio.sleep(0.5)                           # the visitors let in come first
+    kid = kwargs['kernel_id'] = kwargs.get('kernel_id') or self.new_kernel_id()
+    self.starting.add(kid)
+    if preheat and not taken: self.heated.append(kid)
+    held = None if preheat else LET_IN.get()
+    if held and held[0]: held[0] = False; self.release()  # the visitor's reservation is now this kernel
     try: return await super(CappedKernelManager, self).start_kernel(*args, **kwargs)
-    finally: self.starting -= 1
+    except BaseException:
+        if kid in self.heated: self.heated.remove(kid)
+        raise
+    finally: self.starting.discard(kid)
 
-# %% ../nbs/14b_launch.ipynb #c022
+# %% ../nbs/14b_launch.ipynb #c028
 def busy_page(max_kernels:int) -> str:
     "The page a visitor past the kernel ceiling gets (with HTTP 503 and Retry-After)"
     return ('<!doctype html><html><head><meta charset="utf-8"><title>Busy: please try again in a minute</title>'
@@ -96,21 +123,33 @@ def busy_page(max_kernels:int) -> str:
             f'<p class="busy-text">This page is serving as many visitors as it can at once ({int(max_kernels)}). '
             f'It will reload by itself in {RETRY_S} seconds; you can also reload it yourself.</p></body></html>')
 
-# %% ../nbs/14b_launch.ipynb #c025
+# %% ../nbs/14b_launch.ipynb #c031
 class CappedVoilaHandler(TornadoVoilaHandler):
     "Voilà's page handler behind the kernel ceiling: a visitor past it gets the busy page, and no kernel"
+    def pooled(self) -> int:
+        "The pre-heated kernels Voilà will hand this visitor one of (0: it starts a new one), as its own handler decides"
+        km, nb = self.kernel_manager, self.notebook_path
+        try: data, pool = km.notebook_data.get(nb, {}), km.get_pool_size(nb)
+        except AttributeError: return 0                        # pre-heating is off
+        return pool if self.should_use_rendered_notebook(data, pool, self.get_argument('template', None),
+                                                         self.get_argument('theme', None), self.request.arguments) else 0
     async def get(self, path=None):
         if path: return await super().get(path)                # a file beside the page: a redirect, no kernel
+        if self.pooled():                                      # Voilà takes one from the pool before its first await
+            return await super().get(path) if self.kernel_manager.take_pooled() else self.write_error(503)
         if not self.kernel_manager.admit(): return self.write_error(503)
+        held = [True]; token = LET_IN.set(held)
         try: await super().get(path)
-        finally: self.kernel_manager.release()
+        finally:
+            LET_IN.reset(token)
+            if held[0]: self.kernel_manager.release()          # the page failed before its kernel started
     def write_error(self, status_code:int, **kwargs):
         if status_code != 503: return super().write_error(status_code, **kwargs)
         self.set_status(503, 'Busy')
         self.set_header('Retry-After', str(RETRY_S)); self.set_header('Content-Type', 'text/html; charset=utf-8')
         self.finish(busy_page(self.kernel_manager.max_kernels))
 
-# %% ../nbs/14b_launch.ipynb #c026
+# %% ../nbs/14b_launch.ipynb #c034
 class KernelInfoRefused(KernelHandler):
     "`GET /api/kernels/<id>` answers only what the page already holds (id and kernel name), never state, activity or connections"
     async def get(self, kernel_id:str):
@@ -125,7 +164,7 @@ class TemplateFiles(TemplateStaticFileHandler):
         if len(parts) < 3 or parts[1] != 'static' or not parts[2]: raise web.HTTPError(404)
         return super().parse_url_path(path)
 
-# %% ../nbs/14b_launch.ipynb #c029
+# %% ../nbs/14b_launch.ipynb #c037
 class BearVoila(Voila):
     "Voilà with the page's guards: the kernel ceiling and its busy page, no kernel info, no template 500"
     def init_handlers(self) -> list:
@@ -136,14 +175,14 @@ def serve_page(argv=None):
     "Run the page's server (`BearVoila`) on Voilà's command line `argv` (default `sys.argv[1:]`)"
     BearVoila.launch_instance(argv)
 
-# %% ../nbs/14b_launch.ipynb #c031
+# %% ../nbs/14b_launch.ipynb #c039
 def port_is_free(port:int, host:str='127.0.0.1') -> bool:
     "True when nothing listens on `host:port`"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try: s.bind((host, port)); return True
         except OSError: return False
 
-# %% ../nbs/14b_launch.ipynb #c034
+# %% ../nbs/14b_launch.ipynb #c042
 def check_launch(root:Path, port:int):
     "Exit with one line unless `root` is a checkout holding the page and `port` on 127.0.0.1 is free"
     if not (root/PAGE).exists():
@@ -151,7 +190,7 @@ def check_launch(root:Path, port:int):
     if not port_is_free(port):
         raise SystemExit(f"bear-app: port {port} on 127.0.0.1 is in use (another bear-app?); stop it or pass --port N")
 
-# %% ../nbs/14b_launch.ipynb #c037
+# %% ../nbs/14b_launch.ipynb #c045
 def choose_model(model=None, models=None) -> Path:
     "The bundle folder to serve: `model`, else the newest bundle under `models` (default `models_root()`), else the starter"
     from bear_classifier.bundle import BundleError, latest_bundle, read_card
@@ -168,7 +207,7 @@ def choose_model(model=None, models=None) -> Path:
     except Exception as e:
         raise SystemExit(f"bear-app: no model to serve ({type(e).__name__}: {e}); pass --model DIR or fix {models}") from None
 
-# %% ../nbs/14b_launch.ipynb #c040
+# %% ../nbs/14b_launch.ipynb #c048
 def prepare_log(s:Settings|None=None) -> Path|str|None:
     "The log `bear-app` hands to the kernels (an absolute path or a database URL; None: `--log off`); checked by opening it once"
     from bear_classifier.predlog import log_name, log_problem
@@ -184,7 +223,7 @@ def prepare_log(s:Settings|None=None) -> Path|str|None:
         print(f"bear-app: warning: {why}; the page will answer without logging (pass --log PATH, or --log off)", file=sys.stderr, flush=True)
     return path
 
-# %% ../nbs/14b_launch.ipynb #c043
+# %% ../nbs/14b_launch.ipynb #c051
 KERNEL_SETTINGS = ('model_dir', 'models', 'log_db', 'review_mode', 'review_root')
 
 def kernel_env(s:Settings) -> dict:
@@ -195,13 +234,13 @@ def kernel_env(s:Settings) -> dict:
         if v is not None: env[ENV_PREFIX + name.upper()] = ('1' if v else '0') if isinstance(v, bool) else str(v)
     return env
 
-# %% ../nbs/14b_launch.ipynb #c046
+# %% ../nbs/14b_launch.ipynb #c054
 def served_settings(s:Settings, model_dir:Path, log:Path|str|None) -> Settings:
     "`s` with the chosen `model_dir` and `log`, and every path absolute, as the kernels must see them"
     return replace(s, model_dir=str(Path(model_dir).resolve()), models=str(models_root(s).resolve()),
                    log_db=str(log) if log else 'off', review_root=str(review_dir(s)) if s.review_root else None)
 
-# %% ../nbs/14b_launch.ipynb #c048
+# %% ../nbs/14b_launch.ipynb #c056
 def voila_argv(root:Path, port:int=8866, pool:int=1, max_kernels:int|None=None, idle:int|None=None) -> list:
     "Voilà's command line for the page in `root`: config file path, template, port, kernel pool, and the ceiling and idle timeout when given"
     a = [str(root/PAGE), f'--Voila.config_file_paths={root}', f'--template={TEMPLATE}', f'--port={port}',
@@ -211,7 +250,7 @@ def voila_argv(root:Path, port:int=8866, pool:int=1, max_kernels:int|None=None, 
     if idle: a += [f'--MappingKernelManager.cull_idle_timeout={idle}', f'--MappingKernelManager.cull_interval={max(1, min(30, idle // 4))}']
     return a
 
-# %% ../nbs/14b_launch.ipynb #c050
+# %% ../nbs/14b_launch.ipynb #c058
 def launch_line(s:Settings, card:dict, port:int, pool:int, max_kernels:int=6) -> str:
     "What `bear-app` says as it starts serving: the model, the address, the kernels, review mode and the log"
     from bear_classifier.predlog import log_name
@@ -221,7 +260,7 @@ def launch_line(s:Settings, card:dict, port:int, pool:int, max_kernels:int=6) ->
             + ('; REVIEW MODE' if s.review_mode else '')
             + (f"; prediction log {log_name(log)}" if log else '; predictions not logged') + '; Ctrl+C stops')
 
-# %% ../nbs/14b_launch.ipynb #c053
+# %% ../nbs/14b_launch.ipynb #c061
 def kernel_ceiling(root:Path, max_kernels:int|None, pool:int) -> int:
     "The most kernels the page may run: `max_kernels`, else `voila.json`'s `CappedKernelManager.max_kernels` (6); checked against `pool`"
     cap = int(max_kernels or voila_config(root).get('CappedKernelManager', {}).get('max_kernels', 6))
@@ -229,7 +268,7 @@ def kernel_ceiling(root:Path, max_kernels:int|None, pool:int) -> int:
         raise SystemExit(f"bear-app: --max-kernels {cap} leaves no kernel for a visitor beside {pool} pre-heated; pass a larger one")
     return cap
 
-# %% ../nbs/14b_launch.ipynb #c056
+# %% ../nbs/14b_launch.ipynb #c064
 @call_parse
 def bear_app(
     model:str=None,        # A model bundle folder to serve (default: $BEAR_MODEL_DIR, else the newest under --models, else the starter)

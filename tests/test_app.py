@@ -3,7 +3,7 @@ the way the browser drives it (set the FileUpload's value as ipywidgets 8 sends 
 the prediction log, the "wrong?" row and review mode (with a log in a temporary folder); the
 repository's Voilà configuration and template; the `bear-app` launcher's checks and the settings it
 hands to the page's kernels."""
-import ast, base64, hashlib, io, json, re, socket, sqlite3, subprocess, sys
+import ast, base64, hashlib, io, json, os, re, socket, sqlite3, subprocess, sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -483,8 +483,92 @@ def test_kernel_manager_ceiling():
     km = launch.CappedKernelManager(max_kernels=3)
     assert [km.admit() for _ in range(4)] == [True, True, True, False]
     km.release(); km.release(); km.release()
-    km.starting = 3
+    km.starting = {'k1', 'k2', 'k3'}
     with pytest.raises(launch.KernelsBusy) as e: asyncio.run(km.start_kernel(env={'VOILA_PREHEAT': 'False'}))
     assert e.value.status_code == 503 and not km.admit()
     page = launch.busy_page(3)
     assert 'try again' in page and 'bear' not in page.lower()
+
+
+def test_a_pre_heated_kernel_leaves_the_room_to_visitors_let_in():
+    "The pool's next kernel waits while admitted visitors hold the room, and starts once they are served"
+    import asyncio
+    km = launch.CappedKernelManager(max_kernels=2)
+    assert km.admit() and km.admit()
+    async def refill():
+        task = asyncio.ensure_future(km.start_kernel(env={'VOILA_PREHEAT': 'True'}))
+        await asyncio.sleep(1.2)
+        waiting = not task.done() and km.heated == []
+        task.cancel()
+        return waiting
+    assert asyncio.run(refill()) and km.starting == set()
+
+
+def test_a_visitors_reservation_becomes_its_starting_kernel(monkeypatch):
+    "Never counted twice: once the visitor's kernel starts, the reservation is gone and the kernel counts once"
+    import asyncio
+    seen = []
+    async def start(self, *a, **kw):
+        seen.append((self.in_use(), self.reserved)); return kw['kernel_id']
+    monkeypatch.setattr(launch.AsyncMappingKernelManager, 'start_kernel', start)
+    km = launch.CappedKernelManager(max_kernels=2)
+    async def visitor():
+        assert km.admit()
+        held = [True]; token = launch.LET_IN.set(held)
+        try: return await km.start_kernel(env={'VOILA_PREHEAT': 'False'}), held[0]
+        finally: launch.LET_IN.reset(token)
+    kid, held = asyncio.run(visitor())
+    assert seen == [(1, 0)] and held is False and (km.reserved, km.starting) == (0, set()) and kid
+
+
+def test_a_visitor_never_waits_for_a_pool_kernel_that_has_no_room(monkeypatch):
+    "The pool's next kernel: taken when started, promised when there is room to start it, else the visitor gets the busy page"
+    import asyncio
+    async def start(self, *a, **kw): return kw['kernel_id']
+    monkeypatch.setattr(launch.AsyncMappingKernelManager, 'start_kernel', start)
+    km = launch.CappedKernelManager(max_kernels=2)
+    pre = {'VOILA_PREHEAT': 'True'}
+    kid = asyncio.run(km.start_kernel(env=pre))
+    assert km.heated == [kid] and km.take_pooled() and km.heated == []          # a started pool kernel: taken
+    assert km.take_pooled() and km.take_pooled() and km.promised == 2            # the next ones: room promised
+    assert not km.take_pooled() and not km.admit()                               # (the stand-in lists no kernel) 2 owed: full
+    for _ in range(2): asyncio.run(km.start_kernel(env=pre))                     # promised starts do not wait
+    assert km.promised == 0 and km.heated == []
+
+
+# ---- a page kernel's memory (issue 16): serving model.onnx loads no torch, timm or fastai ---------------
+
+HEAVY = ('torch', 'torchvision', 'fastai', 'timm', 'matplotlib', 'pandas')
+
+PAGE_RUN = '''
+import json, sys
+from datetime import datetime, timezone
+from pathlib import Path
+import nbformat
+page = nbformat.read(sys.argv[1], as_version=4)
+ns = {}
+for cell in page.cells:                                  # the page, as Voila runs it in a kernel
+    if cell.cell_type == 'code': exec(cell.source, ns)
+app, data = ns['box'].bear, Path(sys.argv[2]).read_bytes()
+app.upload.value = ({'name': 'bear.jpg', 'type': 'image/jpeg', 'size': len(data), 'content': memoryview(data),
+                     'last_modified': datetime(2024, 5, 1, tzinfo=timezone.utc)},)
+app.button.click()                                       # classify: decode, ONNX, "none of these", a log row
+label = app.label.value
+app.fixes['teddy'].click()                               # a correction: the feedback row and the review queue
+print(json.dumps(dict(backend=ns['predictor'].backend, label=label, thanks=app.thanks.value, rows=len(app.log.rows()),
+                      heavy=[m for m in sys.argv[3].split(',') if m in sys.modules])))
+'''
+
+def test_the_page_loads_no_torch(tmp_path, sample_photos):
+    "The page notebook run as a kernel runs it (bear-app's settings in the environment), one Classify and one correction"
+    s = launch.served_settings(Settings(review_root=str(tmp_path/'review')), testing.starter_bundle(), tmp_path/'log.sqlite')
+    bears = testing.shared_data('bears_shift', 'grizzly')
+    photo, want = (sorted(bears.glob('*.jpg'))[0], 'Prediction: grizzly') if bears else (None, "This doesn't look like a bear")
+    (tmp_path/'photo.jpg').write_bytes(photo.read_bytes() if photo else jpeg(sample_photos['chelsea']))
+    r = subprocess.run([sys.executable, '-c', PAGE_RUN, str(ROOT/launch.PAGE), str(tmp_path/'photo.jpg'), ','.join(HEAVY)],
+                       cwd=ROOT/'nbs', env={**os.environ, **launch.kernel_env(s)}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out['backend'] == 'onnx' and out['label'].startswith(want), out
+    assert 'saved as teddy' in out['thanks'] and out['rows'] == 1, out
+    assert out['heavy'] == [], f"the page's path imports {out['heavy']} again: a Voila kernel per visitor pays for them"

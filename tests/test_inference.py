@@ -1,5 +1,5 @@
-"""Predictor: parity with learn.predict (starter and a trained model, PyTorch and ONNX), bad inputs, safety, CLI."""
-import io, json, os, pickle, shutil, threading
+"""Predictor: parity with learn.predict (starter and a trained model, PyTorch and ONNX), bad inputs, safety, CLI; the ONNX path without torch."""
+import io, json, os, pickle, shutil, subprocess, sys, threading
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +238,39 @@ def test_cli(starter, tmp_path, sample_photos, capsys):
     out = capsys.readouterr()
     assert out.out.strip() == f"{f}: {OUT_OF_DOMAIN_TEXT}" and str(root/'starter') in out.err
     assert PredictionLog(log).count() == 2                      # --log off wrote nothing
+
+def test_validation_resize_is_fastais(photos):
+    "The serving path's Pillow/numpy resize equals fastai's validation item transform pixel for pixel"
+    from bear_classifier.bundle import item_transform, validation_resize
+    rng = np.random.default_rng(0)
+    ims = [im for im in photos[0][:6]] + [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                                          for w, h in [(1, 300), (300, 1), (7, 500), (640, 479), (33, 34)]]
+    inps = [dict(size=[224, 224], resize_method='crop', pad_mode='reflection'), dict(size=[96, 160], resize_method='squish'),
+            dict(size=[128, 96], resize_method='pad', pad_mode='reflection'), dict(size=[128, 96], resize_method='pad', pad_mode='zeros'),
+            dict(size=[96, 128], resize_method='pad', pad_mode='border'), dict(size=[96, 96], resize_method='rrc', val_xtra=0.14),
+            dict(size=[160, 120], resize_method='rrc', val_xtra=0.3)]
+    for im in ims:
+        for inp in inps:
+            got, want = np.asarray(validation_resize(im, inp)), np.asarray(item_transform(inp)(im, split_idx=1))
+            assert got.shape == want.shape and (got == want).all(), (im.size, inp)
+
+HEAVY = ('torch', 'torchvision', 'fastai', 'timm', 'matplotlib', 'pandas')
+
+def test_serving_onnx_loads_no_torch(knn, tmp_path, sample_photos):
+    "The page's path on a trained kNN bundle in a fresh process: import the app, load, predict, log; torch, timm, fastai never load"
+    f = tmp_path/'cat.jpg'; sample_photos['chelsea'].save(f)
+    code = f"""import json, sys
+import bear_classifier.app
+from bear_classifier.inference import Predictor
+from bear_classifier.predlog import PredictionLog
+p = Predictor.load({str(knn)!r})
+r = p.predict({str(f)!r})
+PredictionLog({str(tmp_path/'log.sqlite')!r}).log(r, 'app', model=dict(name=p.name, version=p.version, kind=p.kind), image=None, size=(1, 1), latency_ms=1.)
+print(json.dumps(dict(backend=p.backend, method=p.method, score=r.score, heavy=[m for m in {HEAVY!r} if m in sys.modules])))"""
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert (out['backend'], out['method']) == ('onnx', 'knn'), out
+    assert abs(out['score'] - Predictor.load(knn, backend='torch').predict(f).score) < 1e-4   # the same kNN score as PyTorch's
+    assert out['heavy'] == [], f"serving model.onnx imports {out['heavy']} again"
+    assert PredictionLog(tmp_path/'log.sqlite').count() == 1
