@@ -10,10 +10,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from .core import create_backbone, IMAGENET_BEAR_CLASSES, DEFAULT_BACKBONE
 from .bundle import BundleError, check_file, imagenet_body
 
 # %% auto #0
@@ -62,46 +59,50 @@ def calibrate(scores, q:float=NONE_QUANTILE, floor:float|None=None, ceil:float|N
     "Threshold at the `q` quantile of in-domain validation `scores` (clamped to [floor, ceil]), and how it was derived"
     s = np.asarray(scores, dtype=np.float64)
     if s.size == 0: raise BundleError("cannot calibrate 'none of these': the validation split has no readable images")
-    raw = float(np.quantile(s, q))
+    raw = float(np.quantile(s, q, method='weibull'))     # position q·(n+1): rejects q of new photos on average
     t = min(max(raw, -math.inf if floor is None else floor), math.inf if ceil is None else ceil)
-    info = dict(method='validation quantile', source='validation split', n=int(s.size), quantile=q,
-                raw_threshold=raw, threshold=float(t), rejected_on_validation=float((s < t).mean()))
+    info = dict(method='validation quantile', source='validation split', n=int(s.size), quantile=q, quantile_method='weibull',
+                expected_rejection=max(q, 1 / (s.size + 1)), raw_threshold=raw, threshold=float(t),
+                rejected_on_validation=float((s < t).mean()))
     if floor is not None or ceil is not None: info.update(floor=floor, ceil=ceil)
     return float(t), info
 
-# %% ../nbs/10b_ood.ipynb #c020
+# %% ../nbs/10b_ood.ipynb #c022
 def imagenet_rows_for(vocab) -> list[int]|None:
     "ImageNet classifier rows that count as 'one of ours' for `vocab`; None when a label has none"
+    from bear_classifier.core import IMAGENET_BEAR_CLASSES
     if any(v not in IMAGENET_BEAR_CLASSES for v in vocab): return None
     return sorted({r for v in vocab for r in IMAGENET_BEAR_CLASSES[v]})
 
-# %% ../nbs/10b_ood.ipynb #c022
-def imagenet_classifier(backbone:str=DEFAULT_BACKBONE) -> tuple[torch.Tensor, torch.Tensor]:
-    "The pretrained ImageNet classifier's weight (1000×nf) and bias"
-    fc = create_backbone(backbone, pretrained=True).get_classifier()
+# %% ../nbs/10b_ood.ipynb #c024
+def imagenet_classifier(backbone:str|None=None) -> tuple:
+    "The pretrained ImageNet classifier of `backbone` (default `core.DEFAULT_BACKBONE`): its weight (1000×nf) and bias tensors"
+    from bear_classifier.core import DEFAULT_BACKBONE, create_backbone
+    fc = create_backbone(backbone or DEFAULT_BACKBONE, pretrained=True).get_classifier()
     return fc.weight.detach().clone(), fc.bias.detach().clone()
 
-# %% ../nbs/10b_ood.ipynb #c025
+# %% ../nbs/10b_ood.ipynb #c027
 MASS_FLOOR, MASS_CEIL = math.log(0.005), math.log(0.5)
 
-# %% ../nbs/10b_ood.ipynb #c028
+# %% ../nbs/10b_ood.ipynb #c030
 GATE_INPUT = dict(size=[224, 224], resize_method='crop', pad_mode='reflection', resample='bilinear')
 
 def gate_input(inp:dict) -> dict:
     "The gate's preprocessing for a model whose input is `inp`: the same when it is 224 px, else `GATE_INPUT`"
     return dict(inp) if list(inp['size']) == GATE_INPUT['size'] else dict(GATE_INPUT)
 
-# %% ../nbs/10b_ood.ipynb #c030
-def body_is_pretrained(model:nn.Sequential, backbone:str=DEFAULT_BACKBONE) -> bool:
-    "Whether `model`'s body still holds the ImageNet weights (and batch-norm statistics) unchanged"
+# %% ../nbs/10b_ood.ipynb #c032
+def body_is_pretrained(model, backbone:str|None=None) -> bool:
+    "Whether the body of `model` (`create_model`'s `nn.Sequential`) still holds the ImageNet weights (and batch-norm statistics) unchanged"
+    import torch
     ref = imagenet_body(backbone).state_dict()
     sd = model[0].state_dict()
     return sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
 
-# %% ../nbs/10b_ood.ipynb #c032
+# %% ../nbs/10b_ood.ipynb #c034
 WISE_SHARED_MAX = 0.5   # WiSE-FT weights up to which a body keeps ImageNet's view of the world (measured above)
 
-def shares_body(model:nn.Sequential, config:dict|None=None, backbone:str=DEFAULT_BACKBONE) -> bool:
+def shares_body(model, config:dict|None=None, backbone:str|None=None) -> bool:
     "Whether the ImageNet mass may use `model`'s own body: ImageNet's weights, or a WiSE-FT body at most `WISE_SHARED_MAX` from them"
     if body_is_pretrained(model, backbone): return True
     a = (config or {}).get('wise_alpha')

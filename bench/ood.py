@@ -11,7 +11,7 @@ Two tasks, side by side in one run:
   order, is held out) with `--imagenet-map none`; the held-out 20% are the in-domain test photos.
 
 For each, every detector's threshold is calibrated the same way, at the same stated false-rejection
-rate: the 2% quantile of its scores on the run's VALIDATION split (nothing here is tuned on the test
+rate: the 2% quantile (position q·(n+1), `ood.calibrate`) of its scores on the run's VALIDATION split (nothing here is tuned on the test
 photos or on ../shared/data/ood). Detectors: (a) kNN (k-th cosine similarity to the training split's
 features through the served network: the default of every trained bundle), (b) the ImageNet mass on
 our labels' rows (bears only: plants have no ImageNet rows), (c) max-softmax, and for the bears the
@@ -59,8 +59,9 @@ def scores(pred, files) -> dict:
                 label=[r.label for r in res])
 
 def rates(val, test, ood, keep=None, q=Q) -> dict:
-    "Threshold at the `q` quantile of the validation scores; share of test photos rejected and of OOD photos flagged"
-    t = float(np.quantile(val, q))
+    "Threshold at the `q` quantile of the validation scores (`ood.calibrate`, unclamped); share of test photos rejected and of OOD photos flagged"
+    from bear_classifier.ood import calibrate
+    t = calibrate(val, q)[0]
     out = dict(threshold=t, valid_rejected=float((val < t).mean()), in_domain_rejected=float((test < t).mean()),
                ood_flagged=float((ood < t).mean()))
     if keep is not None: out['in_domain_rejected_on_topic'] = float((test[keep] < t).mean())
