@@ -6,7 +6,7 @@ Docs: https://bear-classifier.github.io/bear_classifier/bulk.html.md"""
 
 # %% ../nbs/13b_bulk.ipynb #c003
 from __future__ import annotations
-import csv, glob, logging, sys, time
+import csv, glob, logging, re, sys, time
 from pathlib import Path
 
 from fastcore.script import call_parse
@@ -19,8 +19,8 @@ from .bundle import BundleError, latest_bundle
 from .inference import Prediction, Predictor
 
 # %% auto #0
-__all__ = ['LIST_COLUMNS', 'read_list', 'list_inputs', 'result_schema', 'result_row', 'score_files', 'BatchScorer', 'connect',
-           'bulk_model', 'score_with_ray', 'bear_bulk']
+__all__ = ['LIST_COLUMNS', 'RAY_ADDRESS', 'read_list', 'list_inputs', 'result_schema', 'result_row', 'score_files', 'BatchScorer',
+           'connect', 'bulk_model', 'score_with_ray', 'ray_target', 'bulk_cli', 'bear_bulk']
 
 # %% ../nbs/13b_bulk.ipynb #c006
 LIST_COLUMNS = ('file', 'path', 'url')
@@ -140,15 +140,16 @@ def _write_results(batches, out, schema, total:int, progress:bool=True) -> dict:
     return dict(rows=n, errors=errors)
 
 # %% ../nbs/13b_bulk.ipynb #c032
-def score_with_ray(inputs, out, model_dir=None, address:str|None=None, num_actors:int=2, batch_size:int=32,
+def score_with_ray(inputs, out, model_dir=None, address:str|None=None, num_actors:int|None=None, batch_size:int=32,
                    threads:int=1, backend:str='auto', progress:bool=True) -> dict:
-    "Score every photo `inputs` name on Ray Data, `num_actors` actors each holding one `Predictor`, into Parquet file `out`"
+    "Score every photo `inputs` name on Ray Data, `num_actors` actors (default: one per Ray CPU) each holding one `Predictor`, into Parquet file `out`"
     import ray
     files, t0 = list_inputs(inputs), time.perf_counter()
     model_dir = bulk_model(model_dir)
     vocab = Predictor.load(model_dir, backend=backend, threads=1).vocab      # the bundle's checks, once, before the cluster
-    own = connect(address, num_cpus=num_actors * threads)
+    own = connect(address, num_cpus=num_actors and num_actors * threads)
     try:
+        num_actors = num_actors or max(1, int(ray.cluster_resources().get('CPU', 1) // threads))
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, False
         logging.getLogger('ray.data').setLevel(logging.WARNING)             # no per-run plan and log-folder lines
@@ -158,15 +159,38 @@ def score_with_ray(inputs, out, model_dir=None, address:str|None=None, num_actor
         counts = _write_results(ds.iter_batches(batch_format='pyarrow', batch_size=None), out, result_schema(vocab), len(files), progress)
     finally:
         if own: ray.shutdown()
-    return dict(counts, out=Path(out), model=str(model_dir), seconds=round(time.perf_counter() - t0, 2))
+    return dict(counts, out=Path(out), model=str(model_dir), actors=num_actors, seconds=round(time.perf_counter() - t0, 2))
 
 # %% ../nbs/13b_bulk.ipynb #c036
+RAY_ADDRESS = re.compile(r'(auto|local|ray://\S+|[\w.-]+:\d+)')
+
+def ray_target(ray:str|None, inputs) -> tuple:
+    "(address, inputs) of `--ray VALUE INPUT…`: a VALUE that is no Ray address is the first input, on `auto`"
+    if ray is None or RAY_ADDRESS.fullmatch(ray): return ray, list(inputs)
+    return 'auto', [ray, *inputs]
+
+# %% ../nbs/13b_bulk.ipynb #c039
+def bulk_cli(prog:str, inputs, out='results.parquet', ray:str|None='local', actors:int|None=None, threads:int=1,
+             batch_size:int=32, model=None, models=None, backend:str='auto', quiet:bool=False) -> int:
+    "What `bear-bulk` and `bear-predict --ray` (`prog`) do: score `inputs` on Ray into `out`, one summary line; the exit status"
+    ray, inputs = ray_target(ray, inputs)
+    def fail(msg): print(f'{prog}: {msg}', file=sys.stderr); return 2
+    if not inputs: return fail(f'no inputs given; usage: {prog} --ray [auto|ADDRESS] FOLDER|GLOB|FILE|URL|LIST… --out results.parquet')
+    try: import ray as _ray  # noqa: F401  (the extra is installed)
+    except ImportError: return fail("Ray is not installed: pip install '.[scale]' (or 'bear_classifier[scale]')")
+    try: res = score_with_ray(inputs, out, bulk_model(model, models), ray, actors, batch_size, threads, backend, not quiet)
+    except (BundleError, OSError, ValueError, ConnectionError) as e: return fail(one_line(e))
+    print(f"{res['out']}: {res['rows']} photos, {res['errors']} with an error, in {res['seconds']:.1f} s "
+          f"({res['actors']} actor{'s' * (res['actors'] > 1)}, model {res['model']})")
+    return 1 if res['errors'] else 0
+
+# %% ../nbs/13b_bulk.ipynb #c041
 @call_parse
 def bear_bulk(
     *inputs:str,             # folders, globs, image files, URLs, or .txt/.csv/.parquet lists of them
     out:str='results.parquet', # the Parquet file to write
     ray:str='local',         # `local`: a Ray in this process, on --actors x --threads cores; `auto` or an ADDRESS: a running cluster
-    actors:int=2,            # actors, each holding one Predictor
+    actors:int=None,         # actors, each holding one Predictor (default: one per CPU of the Ray, divided by --threads)
     threads:int=1,           # inference threads (Ray CPUs) per actor
     batch_size:int=32,       # photos per batch
     model:str=None,          # bundle folder (default: the newest under --models)
@@ -175,11 +199,4 @@ def bear_bulk(
     quiet:bool=False,        # no progress bar
 ):
     "Score a photo archive on Ray Data into one Parquet file: file, label, probabilities, in_domain, score, error"
-    if not inputs: raise SystemExit('bear-bulk: no inputs given; usage: bear-bulk FOLDER|GLOB|FILE|URL|LIST… --out results.parquet')
-    try:
-        import ray as _ray  # noqa: F401  (the extra is installed)
-    except ImportError: raise SystemExit("bear-bulk: Ray is not installed: pip install 'bear_classifier[scale]'") from None
-    try: res = score_with_ray(list(inputs), out, bulk_model(model, models), ray, actors, batch_size, threads, backend, not quiet)
-    except (BundleError, OSError, ValueError, ConnectionError) as e: print(f'bear-bulk: {one_line(e)}', file=sys.stderr); sys.exit(2)
-    print(f"{res['out']}: {res['rows']} photos, {res['errors']} with an error, in {res['seconds']:.1f} s (model {res['model']})")
-    if res['errors']: sys.exit(1)
+    sys.exit(bulk_cli('bear-bulk', inputs, out, ray, actors, threads, batch_size, model, models, backend, quiet))

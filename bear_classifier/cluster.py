@@ -6,18 +6,20 @@ Docs: https://bear-classifier.github.io/bear_classifier/cluster.html.md"""
 
 # %% ../nbs/16b_cluster.ipynb #c003
 from __future__ import annotations
-import json, os, pwd, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
+import json, os, pwd, secrets, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.error, urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastcore.basics import patch
 
 from .files import atomic_write
+from .testing import stop_group
 
 # %% auto #0
 __all__ = ['DEPLOY_SERVERS', 'RETRY_STATUSES', 'postgres_bin', 'postgres_problem', 'PostgresServer', 'nginx_config',
            'deploy_config', 'write_deploy_config', 'nginx_problem', 'Nginx', 'get_json', 'wait_for', 'serve_command',
-           'Replica', 'start_replicas', 'post_once', 'post_many']
+           'Replica', 'start_replicas', 'post_once', 'post_many', 'ray_head']
 
 # %% ../nbs/16b_cluster.ipynb #c006
 def postgres_bin() -> Path|None:
@@ -311,3 +313,24 @@ def post_many(url:str, bodies, concurrency:int=16, retries:int=3, backoff:float=
         if progress: progress(n)
         return r
     with ThreadPoolExecutor(concurrency) as ex: return list(ex.map(one, bodies))
+
+# %% ../nbs/16b_cluster.ipynb #c058
+@contextmanager
+def ray_head(port:int, cpus:int=2, timeout:float=180):
+    "`ray start --head` on 127.0.0.1:`port` with `cpus` CPUs and a fresh auth token; yields (address, environment for its clients)"
+    env = dict(os.environ, RAY_AUTH_MODE='token', RAY_AUTH_TOKEN=secrets.token_hex(16))
+    temp = Path(f'/tmp/bear-ray-{secrets.token_hex(3)}'); temp.mkdir()
+    log = temp/'head.log'
+    cmd = [str(Path(sys.executable).with_name('ray')), 'start', '--head', '--node-ip-address', '127.0.0.1', '--port', str(port),
+           '--num-cpus', str(cpus), '--include-dashboard', 'false', '--disable-usage-stats', '--temp-dir', str(temp/'ray'), '--block']
+    with open(log, 'w') as f: head = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while 'Ray runtime started' not in log.read_text(errors='replace'):
+            if head.poll() is not None or time.monotonic() - t0 > timeout:
+                raise RuntimeError(f"ray start --head {'exited' if head.poll() is not None else 'is not up'}: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield f'127.0.0.1:{port}', env
+    finally:
+        stop_group(head, grace=5)       # the head and every process it started (a graceful stop takes ~30 s; this one is thrown away)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -12,23 +12,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from typing import Annotated
 from fastcore.script import call_parse
 import fastai.callback.progress       # patches Learner.no_bar, which load_learner alone does not bring in
 
 from . import files
 from .core import (
-    create_model, create_model_head, efficientnet_lite0, package_photos, package_versions, IMAGENET_BEAR_CLASSES,
+    BearNet, create_model, create_model_head, efficientnet_lite0, package_photos, package_versions, IMAGENET_BEAR_CLASSES,
     DEFAULT_BACKBONE, BackboneError)
 from .files import sha256_bytes, sha256_file, temp_dir, utc_now
 from .bundle import (
-    BundleError, UnsafeModelError, BearNet, CARD_SCHEMA, building, export_onnx, imagenet_body, install_bundle, latest_bundle,
+    BundleError, UnsafeModelError, CARD_SCHEMA, building, export_onnx, imagenet_body, install_bundle, latest_bundle,
     load_bundle_learner, preprocessing_from_learner, read_card, save_net, write_card)
 from .ood import (
     BANK_FILE, KNN_K, MASS_CEIL, MASS_FLOOR, NONE_QUANTILE, body_is_pretrained, calibrate, gate_input, imagenet_classifier,
     imagenet_rows_for, save_bank, shares_body)
 from .images import ImageError
 from .inference import Predictor, Prediction, none_text
-from .predlog import NOT_A_BEAR, PredictionLog
+from .bulk import bulk_cli, ray_target
+from .predlog import NONE_OF_THESE, PredictionLog
 
 # %% auto #0
 __all__ = ['DETECTORS', 'CONFIDENCE_SAMPLE', 'PARITY_TOL', 'STARTER_VOCAB', 'STARTER_SIZE', 'STARTER_THRESHOLD', 'log',
@@ -85,7 +87,7 @@ def validation_summary(preds, labels=None) -> dict:
                label_mix={v: float(np.mean([p.label == v for p in ok])) for v in vocab},
                mean_confidence=float(conf.mean()), in_domain_rate=float(np.mean([p.in_domain for p in ok])),
                score_quantiles={str(q): float(np.quantile(sc, q)) for q in (0.01, 0.02, 0.05, 0.25, 0.5)},
-               answer_counts={a: sum((p.label if p.in_domain else NOT_A_BEAR) == a for p in ok) for a in [*vocab, NOT_A_BEAR]},
+               answer_counts={a: sum((p.label if p.in_domain else NONE_OF_THESE) == a for p in ok) for a in [*vocab, NONE_OF_THESE]},
                confidences=_confidences(conf))
     if labels is not None:
         pairs = [(p, l) for p, l in zip(preds, labels) if not isinstance(p, Exception)]
@@ -407,13 +409,20 @@ def bear_predict(
     json:bool=False,           # Print a JSON list instead of one line per image
     backend:str='auto',        # auto, onnx or torch
     log:str=None,              # Prediction log: SQLite path or postgresql://USER@HOST/DB (default $BEAR_LOG_DB or data/predictions.sqlite); `off` logs nothing
+    ray:Annotated[str, "Score on Ray Data into --out: `auto` (bare --ray) or an ADDRESS joins a running cluster, `local` starts one here", dict(nargs='?', const='auto')]=None,
+    out:str=None,              # With --ray: the Parquet file to write (default results.parquet)
+    actors:int=None,           # With --ray: actors, each holding one Predictor (default: one per CPU of the cluster)
 ):
     "Classify images with the newest model bundle: its label and probability, or the card's 'This doesn't look like ...'"
     import json as _json
-    if not images: raise SystemExit("bear-predict: no images given; usage: bear-predict IMAGE... [--model DIR] [--json]")
-    images = list(images)
-    try: pred = Predictor.load(model or ensure_bundle(models), backend=backend)
+    if out is not None and ray is None: raise SystemExit("bear-predict: --out goes with --ray (an archive into Parquet); without it, use --json")
+    ray, images = ray_target(ray, images)
+    if not images: raise SystemExit("bear-predict: no images given; usage: bear-predict IMAGE... [--model DIR] [--json], or --ray [auto|ADDRESS] INPUT... --out FILE")
+    try:
+        model = model or ensure_bundle(models)
+        pred = None if ray else Predictor.load(model, backend=backend)
     except (BundleError, BackboneError, OSError, ValueError) as e: raise SystemExit(f"bear-predict: {files.one_line(e)}")
+    if ray: sys.exit(bulk_cli('bear-predict', images, out or 'results.parquet', ray, actors, model=model, backend=backend))
     print(f"model: {pred.path} ({pred.kind}, version {pred.version}, created {pred.card['created']}, backend {pred.backend}, "
           f"none of these: {pred.method})", file=sys.stderr)
     t0 = time.perf_counter()

@@ -28,6 +28,7 @@ from fastai.interpret import ClassificationInterpretation
 from .files import atomic_write, is_off, one_line, replace_dir, sha256_file, temp_dir, utc_now, utc_stamp
 from .core import (DEFAULT_BACKBONE, LITE_STATS, IMAGENET_BEAR_CLASSES, BackboneError, create_backbone,
                                   create_model_head, imagenet_classes, package_versions, pretrained_arch)
+from .distrib import check_accelerate, distributed_fit, rank0_only, world_size
 from .data import (DataError, bear_dataloaders, check_dataset, save_figure, save_show_batch, split_rows,
                                   test_items, write_csv)
 
@@ -275,7 +276,7 @@ def fine_tune_recipe(learn:Learner, cfg:dict, prior=None) -> dict:
 
 # %% ../nbs/07_train.ipynb #c065
 def train_learner(root, recipe:str='default', seed:int=42, backbone:str=DEFAULT_BACKBONE, imagenet_map=None,
-                  num_workers:int=0, show_progress:bool=True, **overrides) -> tuple[Learner, dict]:
+                  num_workers:int=0, show_progress:bool=True, distributed:bool=False, **overrides) -> tuple[Learner, dict]:
     "Train on `root/<label>/*` with `recipe`; returns the learner and the facts of the run"
     cfg = recipe_config(recipe, **overrides)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -284,10 +285,10 @@ def train_learner(root, recipe:str='default', seed:int=42, backbone:str=DEFAULT_
                            num_workers=num_workers, aug=cfg['aug'], min_scale=cfg['min_scale'])
     learn = build_learner(dls, cfg, backbone)
     if not show_progress: learn.remove_cb(ProgressCallback)
-    facts = dict(cfg, seed=seed, backbone=backbone, data_root=str(Path(root).resolve()))
+    facts = dict(cfg, seed=seed, backbone=backbone, data_root=str(Path(root).resolve()), world_size=world_size() if distributed else 1)
     facts.update(apply_prior(learn, cfg, imagenet_map, backbone, seed))
     prior = zero_shot_head(learn.dls.vocab, facts['imagenet_map'], backbone) if cfg['merge_prior'] else None
-    facts.update(fine_tune_recipe(learn, cfg, prior))
+    with distributed_fit(learn, distributed): facts.update(fine_tune_recipe(learn, cfg, prior))
     facts.update(seconds=round(time.perf_counter() - t0, 2), cpu_seconds=round(time.process_time() - c0, 2))
     return learn, facts
 
@@ -366,7 +367,7 @@ def run_metrics(learn:Learner, facts:dict, ev:dict) -> dict:
                 valid=_scores(ev), test=None,
                 images=dict(train=len(dls.train_ds), valid=len(dls.valid_ds), test=0,
                             per_label={v: sum(1 for f in files if f.parent.name == v) for v in vocab}),
-                versions=package_versions(), torch_threads=torch.get_num_threads(), created=utc_now())
+                versions=package_versions(), torch_threads=torch.get_num_threads(), world_size=facts.get('world_size', 1), created=utc_now())
 
 # %% ../nbs/07_train.ipynb #c088
 def write_report(learn:Learner, facts:dict, out, test=None) -> dict:
@@ -398,17 +399,19 @@ def write_report(learn:Learner, facts:dict, out, test=None) -> dict:
 
 # %% ../nbs/07_train.ipynb #c091
 def train_run(root, out, recipe:str='default', test=None, seed:int=42, backbone:str=DEFAULT_BACKBONE,
-              imagenet_map=None, force:bool=False, show_progress:bool=True, **overrides) -> dict:
+              imagenet_map=None, force:bool=False, show_progress:bool=True, distributed:bool=False, **overrides) -> dict:
     "Train on `root` with `recipe` and write the run folder `out`; returns the metrics"
     out = Path(out)
     if out.exists() and not force: raise FileExistsError(f"{out} already exists; choose another --out or pass --force to replace it")
     if test is not None and not Path(test).is_dir(): raise DataError(f"test folder {test} does not exist; pass a folder PATH/<label>/*")
     check_dataset(root)
-    learn, facts = train_learner(root, recipe, seed, backbone, imagenet_map, show_progress=show_progress, **overrides)
-    with temp_dir(out.parent, out.name) as tmp:
-        metrics = write_report(learn, facts, tmp, test)
-        replace_dir(tmp, out)
-    return metrics
+    learn, facts = train_learner(root, recipe, seed, backbone, imagenet_map, show_progress=show_progress, distributed=distributed, **overrides)
+    def write():
+        with temp_dir(out.parent, out.name) as tmp:
+            metrics = write_report(learn, facts, tmp, test)
+            replace_dir(tmp, out)
+        return metrics
+    return rank0_only(write)
 
 # %% ../nbs/07_train.ipynb #c101
 @call_parse
@@ -426,6 +429,7 @@ def bear_train(
     backbone:str=DEFAULT_BACKBONE, # Backbone: lite0, lite1 or lite2
     seed:int=42,              # Random seed (split and training)
     force:bool=False,         # Replace `out` if it exists
+    distributed:bool=False,   # Train data-parallel in every process `torchrun` started; rank 0 writes the run folder
 ):
     "Train a classifier on ROOT and write a run folder with export.pkl, model_config.json, split.csv and report/"
     out = out or f"runs/{recipe}-{utc_stamp()}"
@@ -433,10 +437,12 @@ def bear_train(
         if wise_alpha not in (None, 'auto'):
             try: wise_alpha = float(wise_alpha)
             except ValueError: raise ValueError(f"--wise-alpha takes a number from 0 to 1 or auto, not {wise_alpha!r}") from None
+        if distributed: check_accelerate()                   # before any training: one line naming the extra
         m = train_run(root, out, recipe=recipe, test=test, seed=seed, backbone=backbone, imagenet_map=imagenet_map, force=force,
-                      epochs=epochs, size=size, bs=bs, item_tfms=item_tfms, wise_alpha=wise_alpha)
+                      epochs=epochs, size=size, bs=bs, item_tfms=item_tfms, wise_alpha=wise_alpha, distributed=distributed)
     except (DataError, BackboneError, FileExistsError, ValueError) as e: raise SystemExit(f"bear-train: {one_line(e)}")
     except KeyboardInterrupt: raise SystemExit("bear-train: interrupted; nothing was written")
+    if m is None: return                                     # not rank 0 of a distributed run: rank 0 wrote and reports
     line = f"{out}: valid accuracy {m['valid']['accuracy']:.3f} (n={m['valid']['n']})"
     if m['test']: line += f", test accuracy {m['test']['accuracy']:.3f} (n={m['test']['n']})"
     print(line + f", {m['seconds']:.0f}s training")

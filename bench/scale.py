@@ -3,8 +3,10 @@
 
   bear-predict loop          one `bear-predict --json --log off FILES…` process over every file (start-up included;
                              startup_s: the same command on one file)
-  ray, 1 / 2 actors          bear_classifier.bulk.score_with_ray on the same files, on one in-process Ray with 2 CPUs
-                             (actor start-up and model loads included; startup_s: ray.init, not included)
+  ray, 1 / 2 actors          `bear-predict --ray ADDRESS PHOTOS/ --actors N --out …` (the front door, issue 15) on the same
+                             files, against a `ray start --head` with 2 CPUs that the bench starts (startup_s: the head's
+                             start, not included; the command's own start-up, the actors' and the model loads included,
+                             as in the bear-predict loop)
   1 replica                  one bear-serve, POST /predict from 16 client threads, logging to PostgreSQL
   1 replica behind nginx     the same through nginx (the balancer's own cost)
   3 replicas behind nginx    three bear-serve processes behind nginx, one PostgreSQL log
@@ -25,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bear_classifier.cluster import Nginx, PostgresServer, nginx_problem, post_many, postgres_problem, start_replicas
+from bear_classifier.cluster import Nginx, PostgresServer, nginx_problem, post_many, postgres_problem, ray_head, start_replicas
 from bear_classifier.files import atomic_write, utc_now
 from bear_classifier.predlog import PredictionLog
 from bear_classifier.testing import free_port, image_bytes, sample_photos, starter_bundle
@@ -52,20 +54,22 @@ def predict_loop(model, files) -> dict:
     return dict(images=len(files), seconds=dt, rate=len(files) / dt, startup_s=round(startup, 1))
 
 def ray_rows(model, files, tmp, actors=(1, 2)) -> dict:
-    "score_with_ray with each number of actors on one in-process Ray (its start-up reported, not counted; actor start-up counted)"
+    "`bear-predict --ray ADDRESS FOLDER --actors N` for each N, on one Ray head started here (its start-up reported, not counted)"
     try:
-        import ray
-        from bear_classifier.bulk import score_with_ray
+        import ray  # noqa: F401  (the scale extra)
+        import pyarrow.parquet as pq
     except ImportError as e: return {'ray': dict(note=f'skipped: {e}')}
-    t0 = time.perf_counter(); ray.init(num_cpus=max(actors), include_dashboard=False, log_to_driver=False)
-    out, startup = {}, round(time.perf_counter() - t0, 1)
-    try:
+    t0 = time.perf_counter()
+    with ray_head(free_port(), cpus=max(actors)) as (address, env):
+        out, startup = {}, round(time.perf_counter() - t0, 1)
         for n in actors:
-            t0 = time.perf_counter()
-            res = score_with_ray([str(f) for f in files], tmp/f'ray-{n}.parquet', model_dir=model, num_actors=n, progress=False)
-            dt = time.perf_counter() - t0
-            out[f'ray, {n} actor{"s" if n > 1 else ""}'] = dict(images=res['rows'], seconds=dt, rate=res['rows'] / dt, startup_s=startup)
-    finally: ray.shutdown()
+            res = tmp/f'ray-{n}.parquet'
+            cmd = [str(Path(sys.executable).with_name('bear-predict')), '--ray', address, str(files[0].parent), '--out', str(res),
+                   '--actors', str(n), '--model', str(model)]
+            t0 = time.perf_counter(); r = subprocess.run(cmd, capture_output=True, text=True, env=env); dt = time.perf_counter() - t0
+            if r.returncode: raise SystemExit(f'bear-predict --ray failed: {r.stderr[-2000:]}')
+            rows = pq.read_metadata(res).num_rows
+            out[f'ray, {n} actor{"s" if n > 1 else ""}'] = dict(images=rows, seconds=dt, rate=rows / dt, startup_s=startup)
     return out
 
 def http_rate(url, bodies, concurrency, **kw) -> tuple[dict, list]:

@@ -1,7 +1,8 @@
 """Bulk scoring on Ray Data (issue 15): a folder of good and bad photos scored by actors that each hold one Predictor,
-in-process (`ray.init(num_cpus=2)`) and on a Ray started by the test (`ray start --head`, then `bear-bulk --ray ADDRESS`);
-the Parquet rows equal `bear-predict --json` row for row. Skipped, with the reason, where Ray is not installed."""
-import json, os, secrets, signal, subprocess, sys, time
+through the front doors `bear-predict --ray` and `bear-bulk`: in-process (`ray.init(num_cpus=2)`) and on a Ray started
+by the test (`ray start --head`, then `bear-predict --ray ADDRESS INPUT --out results.parquet`); the Parquet rows equal
+`bear-predict --json` row for row. Skipped, with the reason, where Ray is not installed (and that case is one line)."""
+import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -71,44 +72,58 @@ def test_inputs_and_rows_without_ray(model, folder, expected, tmp_path):
     assert rows[0]['error'] is None and rows[0]['label'] == expected[[Path(e['file']).name for e in expected].index('chelsea.jpg')]['label']
     assert rows[1]['error'] == 'fetch_http_404'
 
-def test_ray_in_process(model, folder, expected, tmp_path):
+def test_bear_predict_ray_arguments():
+    "`--ray` bare means auto, and `--ray FOLDER` reads FOLDER as the first input (argparse alone would take it as the address)"
+    from fastcore.script import anno_parser
+    from bear_classifier.bulk import ray_target
+    from bear_classifier.export import bear_predict
+    parse = lambda *a: (lambda n: ray_target(n.ray, n.images) + (n.out,))(anno_parser(bear_predict).parse_args(a))
+    assert parse('photos/', '--ray', '--out', 'r.parquet') == ('auto', ['photos/'], 'r.parquet')
+    assert parse('--ray', 'photos/', 'list.csv') == ('auto', ['photos/', 'list.csv'], None)
+    assert parse('--ray', '127.0.0.1:6379', 'photos/') == ('127.0.0.1:6379', ['photos/'], None)
+    assert parse('--ray', 'local', 'a.jpg') == ('local', ['a.jpg'], None)
+    assert parse('a.jpg', '--json') == (None, ['a.jpg'], None)
+
+def test_without_ray_is_one_line(model, folder, tmp_path, monkeypatch, capsys):
+    "No Ray installed: `bear-predict --ray` is one line naming the extra, nothing is written; without --ray, --out is refused"
+    from bear_classifier.export import bear_predict
+    monkeypatch.setitem(sys.modules, 'ray', None)                 # `import ray` raises ImportError, as without the extra
+    with pytest.raises(SystemExit) as e: bear_predict(str(folder), ray='local', out=str(tmp_path/'r.parquet'), model=str(model))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "bear-predict: Ray is not installed: pip install '.[scale]' (or 'bear_classifier[scale]')", err
+    assert not (tmp_path/'r.parquet').exists()
+    with pytest.raises(SystemExit, match='--out goes with --ray'): bear_predict(str(folder), out=str(tmp_path/'r.parquet'))
+
+def test_ray_in_process(model, folder, expected, tmp_path, capsys):
+    "Both front doors on a Ray this process started (`ray.init(num_cpus=2)`): bear-predict --ray and bear-bulk, as Python calls"
     ray = pytest.importorskip('ray', reason="Ray is not installed (pip install 'bear_classifier[scale]')")
     import pyarrow.parquet as pq
-    from bear_classifier.bulk import score_with_ray
+    from bear_classifier.bulk import bear_bulk
+    from bear_classifier.export import bear_predict
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try: res = score_with_ray(folder, tmp_path/'out.parquet', model_dir=model, num_actors=2, progress=False)
+    try:
+        with pytest.raises(SystemExit) as e1: bear_predict(str(folder), ray='auto', out=str(tmp_path/'p.parquet'), model=str(model))
+        with pytest.raises(SystemExit) as e2: bear_bulk(str(folder), out=str(tmp_path/'b.parquet'), model=str(model), quiet=True)
     finally: ray.shutdown()
-    assert (res['rows'], res['errors']) == (8, 3)
-    same_rows(pq.read_table(tmp_path/'out.parquet'), expected)
+    out = capsys.readouterr().out
+    assert (e1.value.code, e2.value.code) == (1, 1) and out.count('8 photos, 3 with an error') == 2, out   # 1: some photos carry an error
+    assert '(2 actors' in out, out                                # one actor per CPU of the Ray it found
+    for name in ('p', 'b'): same_rows(pq.read_table(tmp_path/f'{name}.parquet'), expected)
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     "`ray start --head` on 127.0.0.1 (a free port, 2 CPUs, token auth with a fresh token); its address and environment"
     pytest.importorskip('ray', reason="Ray is not installed (pip install 'bear_classifier[scale]')")
-    port, env = free_port(), dict(os.environ, RAY_AUTH_MODE='token', RAY_AUTH_TOKEN=secrets.token_hex(16))
-    temp = Path(f'/tmp/bear-ray-{secrets.token_hex(3)}')           # Ray's socket paths must stay short
-    cmd = [str(BIN/'ray'), 'start', '--head', '--node-ip-address', '127.0.0.1', '--port', str(port), '--num-cpus', '2',
-           '--include-dashboard', 'false', '--disable-usage-stats', '--temp-dir', str(temp), '--block']
-    head = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
-    out = []
-    for line in head.stdout:
-        out.append(line)
-        if 'Ray runtime started' in line: break
-    try:
-        assert head.poll() is None, ''.join(out)[-3000:]
-        yield f'127.0.0.1:{port}', env
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)               # our head and the processes it started, nothing else
-        try: head.wait(20)
-        except subprocess.TimeoutExpired: os.killpg(head.pid, signal.SIGKILL); head.wait()
-        subprocess.run(['rm', '-rf', str(temp)])
+    from bear_classifier.cluster import ray_head
+    with ray_head(free_port(), cpus=2) as (address, env): yield address, env
 
-def test_bear_bulk_on_a_ray_cluster(ray_head, model, folder, expected, tmp_path):
+def test_bear_predict_on_a_ray_cluster(ray_head, model, folder, expected, tmp_path):
+    "The issue's command, `bear-predict --ray ADDRESS INPUT --out results.parquet`, on the Ray the test started"
     import pyarrow.parquet as pq
     address, env = ray_head
-    cmd = [*_command('bear-bulk', 'bulk', 'bear_bulk'), str(folder), '--out', str(tmp_path/'bulk.parquet'), '--ray', address,
-           '--actors', '2', '--model', str(model), '--quiet']
+    cmd = [*_command('bear-predict', 'export', 'bear_predict'), '--ray', address, str(folder), '--out', str(tmp_path/'results.parquet'),
+           '--model', str(model)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 1, r.stderr[-3000:]                 # 1: the job finished, some photos carry an error
-    assert '8 photos, 3 with an error' in r.stdout
-    same_rows(pq.read_table(tmp_path/'bulk.parquet'), expected)
+    assert '8 photos, 3 with an error' in r.stdout and '(2 actors' in r.stdout, r.stdout   # the cluster's 2 CPUs: 2 actors
+    same_rows(pq.read_table(tmp_path/'results.parquet'), expected)

@@ -54,8 +54,8 @@ def test_card(bundle, run):
     v = card['validation']
     assert v['n'] == 6 and abs(sum(v['label_mix'].values()) - 1) < 1e-9 and 0 < v['mean_confidence'] <= 1
     assert 0 <= v['accuracy'] <= 1
-    assert set(v['answer_counts']) == {'black', 'grizzly', 'teddy', 'not_a_bear'} and sum(v['answer_counts'].values()) == 6
-    assert v['answer_counts']['not_a_bear'] == round(6 * (1 - v['in_domain_rate']))
+    assert set(v['answer_counts']) == {'black', 'grizzly', 'teddy', 'none_of_these'} and sum(v['answer_counts'].values()) == 6
+    assert v['answer_counts']['none_of_these'] == round(6 * (1 - v['in_domain_rate']))
     assert len(v['confidences']) == 6 and v['confidences'] == sorted(v['confidences'])
     assert card['data']['n_train'] == 6 and card['data']['n_valid'] == 6
     assert card['data']['split_sha256'] == sha256_file(run/'split.csv')

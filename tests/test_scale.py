@@ -12,7 +12,7 @@ from bear_classifier.cluster import (Nginx, PostgresServer, deploy_config, nginx
                                      start_replicas)
 from bear_classifier.files import Settings
 from bear_classifier.inference import Predictor
-from bear_classifier.predlog import NOT_A_BEAR, PredictionLog, row_answer
+from bear_classifier.predlog import NONE_OF_THESE, PredictionLog, row_answer
 from bear_classifier.testing import LoopbackServer, free_port, image_bytes, sample_photos, starter_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_service_writes_and_feedback_on_postgres(postgres, predictor, photos, tm
         one = httpx.post(f'{srv.url}/predict', content=photos['chelsea'], headers={'content-type': 'image/jpeg'}, timeout=60).json()
         many = httpx.post(f'{srv.url}/predict/batch', files=[('files', (f'{k}.jpg', photos[k])) for k in ('coffee', 'rocket')],
                           timeout=60).json()
-        fix = next(v for v in predictor.vocab + [NOT_A_BEAR] if v != (one['label'] if one['in_domain'] else NOT_A_BEAR))
+        fix = next(v for v in predictor.vocab + [NONE_OF_THESE] if v != (one['label'] if one['in_domain'] else NONE_OF_THESE))
         fb = httpx.post(f'{srv.url}/feedback', json={'id': one['id'], 'label': fix, 'image': b64(photos['chelsea'])}, timeout=60)
         assert fb.status_code == 200, fb.text
         assert httpx.post(f'{srv.url}/feedback', json={'id': 10**9, 'label': fix}).status_code == 404

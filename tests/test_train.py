@@ -86,3 +86,76 @@ def test_bad_wise_alpha_is_one_line(tmp_path):
     from bear_classifier.train import bear_train
     with pytest.raises(SystemExit, match='bear-train: --wise-alpha takes a number from 0 to 1 or auto'):
         bear_train(str(tmp_path), wise_alpha='half')
+
+# ---- bear-train --distributed (issue 15): fastai's distrib_ctx under torchrun, two CPU processes over gloo -------------
+BIN = Path(sys.executable).parent
+
+def torchrun(*args, **kw):
+    "torchrun of this Python, one machine (`--standalone`: the rendezvous on a free port)"
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', *map(str, args)],
+                          capture_output=True, text=True, **kw)
+
+def test_distributed_argument_and_one_process(monkeypatch):
+    "`--distributed` is a flag; without torchrun it warns and trains alone; without Accelerate it is one line naming the extra"
+    from fastcore.script import anno_parser
+    from bear_classifier.distrib import DistribError, distributed_fit
+    from bear_classifier.train import bear_train
+    assert anno_parser(bear_train).parse_args(['data', '--distributed']).distributed is True
+    assert anno_parser(bear_train).parse_args(['data']).distributed is False
+    monkeypatch.delenv('WORLD_SIZE', raising=False)
+    with pytest.warns(UserWarning, match='one process only'), distributed_fit('learner') as l: assert l == 'learner'
+    monkeypatch.setitem(sys.modules, 'accelerate', None)       # `import accelerate` fails, as without the extra
+    with pytest.raises(SystemExit, match=r"^bear-train: --distributed needs Hugging Face Accelerate .*pip install '\.\[scale\]'$"):
+        bear_train('no-such-folder', distributed=True)        # checked before the data, before any training
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    with pytest.raises(DistribError, match='Accelerate'), distributed_fit('learner'): pass
+
+RANK0_SCRIPT = '''
+import os, sys, time
+from pathlib import Path
+import torch.distributed as dist
+from bear_classifier.distrib import rank0_only, world_size
+dist.init_process_group('gloo')
+out = Path(sys.argv[1])
+def write():
+    time.sleep(2); (out/'run').mkdir(); return f'written alone (world {world_size()})'
+res = rank0_only(write)
+(out/f"rank{os.environ['RANK']}.txt").write_text(f"{res}; folder there: {(out/'run').is_dir()}; group left: {not dist.is_initialized()}")
+'''
+
+def test_rank0_writes_while_the_others_wait(tmp_path):
+    "Two processes over gloo: rank 0 alone writes (as a world of one), rank 1 waits for it at the barrier"
+    (tmp_path/'script.py').write_text(RANK0_SCRIPT)
+    r = torchrun(tmp_path/'script.py', tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = [(tmp_path/f'rank{i}.txt').read_text() for i in (0, 1)]     # files, not stdout: two processes' lines can interleave
+    assert said == ['written alone (world 1); folder there: True; group left: True',
+                    'None; folder there: True; group left: True'], said    # rank 1 looked after rank 0 had written
+
+def tree(d:Path) -> list[str]: return sorted(str(p.relative_to(d)) for p in d.rglob('*'))
+
+@pytest.mark.slow
+def test_distributed_run_is_a_run(tmp_path):
+    "torchrun with two CPU processes: the run folder has the shape of a one-process run's, and its model exports and predicts"
+    from bear_classifier.testing import photo_dataset
+    data, runs = photo_dataset(tmp_path/'data'), tmp_path/'runs'
+    args = [data, '--epochs', '1', '--size', '64']
+    one = subprocess.run([str(BIN/'bear-train'), *map(str, args), '--out', str(runs/'one')], capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun('--no-python', BIN/'bear-train', *args, '--out', runs/'two', '--distributed', timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count('valid accuracy') == 1, two.stdout          # rank 0 reports; rank 1 wrote nothing, said nothing
+    assert tree(runs/'one') == tree(runs/'two') and 'report/metrics.json' in tree(runs/'two')
+    assert (runs/'one'/'split.csv').read_text() == (runs/'two'/'split.csv').read_text()   # same seed, same split
+    m1, m2 = (json.loads((runs/r/'report'/'metrics.json').read_text()) for r in ('one', 'two'))
+    c1, c2 = (json.loads((runs/r/'model_config.json').read_text()) for r in ('one', 'two'))
+    assert set(m1) == set(m2) and set(c1) == set(c2) and (m1['world_size'], m2['world_size']) == (1, 2)
+    assert m1['images'] == m2['images'] and c1['vocab'] == c2['vocab'] == ['cat', 'coffee']
+    r = subprocess.run([str(BIN/'bear-export'), str(runs/'two'), '--dest', str(tmp_path/'models')], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]                         # export.pkl's sha256 is the one model_config.json vouches for
+    photos = [str(p) for p in sorted(data.rglob('*.jpg'))[::5]]
+    r = subprocess.run([str(BIN/'bear-predict'), '--model', str(tmp_path/'models'/'two'), '--json', '--log', 'off', *photos],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    answers = json.loads(r.stdout)
+    assert [a['file'] for a in answers] == photos and all(a['label'] in ('cat', 'coffee') for a in answers)
