@@ -21,7 +21,7 @@ from fastcore.script import call_parse
 
 from . import __version__
 from .files import Settings, SettingsError, atomic_write, log_location
-from .predlog import NOT_A_BEAR, log_name, log_problem
+from .predlog import NONE_OF_THESE, log_name, log_problem
 from starlette.datastructures import Headers
 
 from .service import ANSWERS, RETRY, ServiceState, TooLarge, Unprocessable
@@ -108,7 +108,7 @@ class FeedbackIn(BaseModel):
     id: PredictionId = Field(ge=1, le=2**53 - 1,   # the largest integer JavaScript's numbers hold exactly
                              description='the `id` that POST /predict (or /predict/batch) returned')
     label: str = Field(min_length=1, max_length=100,
-                       description=f"the right answer: one of the model's labels (GET /model, `vocab`) or '{NOT_A_BEAR}'")
+                       description=f"the right answer: one of the model's labels (GET /model, `vocab`) or '{NONE_OF_THESE}'")
     image: Base64Image|None = Field(None, description='the photo that was classified, base64-encoded; '
                                     'with a correction it is saved into the review queue')
 

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 from .files import Settings, is_url, log_location, models_root, project_root, settings
 from .bundle import latest_bundle
 from .images import MAX_IMAGE_BYTES, ImageError, decode_bytes
-from .predlog import NOT_A_BEAR, PredictionLog, log_name
+from .predlog import NONE_OF_THESE, PredictionLog, log_name
 from .inference import none_text
 from .launch import PAGE, VOILA_CONFIG, voila_config
 
@@ -126,8 +126,8 @@ def page_words(card:dict) -> dict:
 
 # %% ../nbs/14_app.ipynb #c034
 def nice_label(label, words:dict|None=None) -> str:
-    "How an answer reads on the page: `not_a_bear` is the card's 'none of these' (`words['none_button']`)"
-    return (words or {}).get('none_button', 'none of these') if label == NOT_A_BEAR else str(label)
+    "How an answer reads on the page: `none_of_these` is the card's 'none of these' (`words['none_button']`)"
+    return (words or {}).get('none_button', 'none of these') if label == NONE_OF_THESE else str(label)
 
 # %% ../nbs/14_app.ipynb #c039
 def model_blurb(predictor, logging:bool=False, review:bool=False) -> str:
@@ -159,7 +159,7 @@ def feedback_row(vocab, review:bool=False, words:dict|None=None) -> tuple:
     auto = lambda: widgets.Layout(width='auto')
     right = classed(widgets.Button(description='Accept' if review else 'Right', button_style='success', layout=auto()), 'bear-right')
     prompt = widgets.Label('or correct to:' if review else 'Wrong? It is:')
-    answers = [*map(str, vocab), NOT_A_BEAR]
+    answers = [*map(str, vocab), NONE_OF_THESE]
     fixes, pick = {}, None
     if len(vocab) > MAX_BUTTONS:
         pick = (classed(widgets.Dropdown(options=[(nice_label(a, words), a) for a in answers], layout=auto()), 'bear-pick'),
@@ -242,8 +242,8 @@ def record(self:BearApp, pred, image:bytes|None, size, latency_ms:float) -> int|
 
 # %% ../nbs/14_app.ipynb #c063
 def answer_of(pred) -> str:
-    "The answer a `Prediction` gives: its label, or `NOT_A_BEAR` when the photo is out of the model's domain"
-    return pred.label if pred.in_domain else NOT_A_BEAR
+    "The answer a `Prediction` gives: its label, or `NONE_OF_THESE` when the photo is out of the model's domain"
+    return pred.label if pred.in_domain else NONE_OF_THESE
 
 # %% ../nbs/14_app.ipynb #c065
 def answer_text(pred, review:bool=False, words:dict|None=None) -> str:

@@ -120,14 +120,6 @@ def imagenet_body(backbone:str|None=None, pretrained:bool=True):
     return create_body(create_backbone(backbone or DEFAULT_BACKBONE, pretrained), cut=-2).eval()
 
 # %% ../nbs/10_bundle.ipynb #c034
-def __getattr__(name:str):
-    "`BearNet` is `core.BearNet`, imported on first use (reading a bundle needs no torch)"
-    if name == 'BearNet':
-        from bear_classifier.core import BearNet
-        return BearNet
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-# %% ../nbs/10_bundle.ipynb #c037
 NAB_PREFIX = 'not_a_bear.'
 GATE_PREFIX = NAB_PREFIX + 'gate.'
 
@@ -141,7 +133,7 @@ def save_net(net, path):
     if net.gate is not None: sd.update({GATE_PREFIX+k: v.detach().contiguous().clone() for k, v in net.gate.state_dict().items()})
     save_file(sd, str(path), metadata={'format': 'pt', 'model': 'bear_classifier.core.create_model'})
 
-# %% ../nbs/10_bundle.ipynb #c040
+# %% ../nbs/10_bundle.ipynb #c037
 def load_net(bundle, card:dict|None=None):
     "Rebuild a bundle's `core.BearNet` from its card and safetensors weights (no unpickling)"
     from safetensors.torch import load_file
@@ -162,7 +154,7 @@ def load_net(bundle, card:dict|None=None):
     rows = (card['none_of_these'].get('imagenet_rows') or ()) if in_w is not None else ()
     return BearNet(model, in_w, in_b, rows, gate=gate).eval()
 
-# %% ../nbs/10_bundle.ipynb #c043
+# %% ../nbs/10_bundle.ipynb #c040
 ONNX_OUTPUTS = ('probs', 'bear_score', 'features')
 
 def export_onnx(net, size, path, gate_size=None, opset:int=17):
@@ -180,7 +172,7 @@ def export_onnx(net, size, path, gate_size=None, opset:int=17):
                           dynamic_axes={n: {0: 'batch'} for n in (*names, *ONNX_OUTPUTS)})
     return Path(path)
 
-# %% ../nbs/10_bundle.ipynb #c046
+# %% ../nbs/10_bundle.ipynb #c043
 CARD = 'model.json'
 CARD_SCHEMA = 2
 CARD_REQUIRED = ('vocab', 'architecture', 'input', 'normalization', 'none_of_these', 'files', 'created')
@@ -198,13 +190,13 @@ def read_card(bundle) -> dict:
         if k not in card: raise BundleError(f"{p} has no {k!r}: not a bear_classifier model card (re-export it)")
     return card
 
-# %% ../nbs/10_bundle.ipynb #c049
+# %% ../nbs/10_bundle.ipynb #c046
 def _hash_files(folder:Path) -> dict:
     "`{name: {sha256, bytes}}` of every file in `folder` except the card"
     return {p.name: dict(sha256=sha256_file(p), bytes=p.stat().st_size) for p in sorted(folder.iterdir())
             if p.is_file() and p.name != CARD}
 
-# %% ../nbs/10_bundle.ipynb #c050
+# %% ../nbs/10_bundle.ipynb #c047
 def write_card(folder, card:dict) -> dict:
     "Write `card` (with `files` hashed) as `folder/model.json`, atomically; returns the card written"
     folder = Path(folder)
@@ -212,7 +204,7 @@ def write_card(folder, card:dict) -> dict:
     atomic_write(folder/CARD, json.dumps(card, indent=2, sort_keys=False) + '\n')
     return card
 
-# %% ../nbs/10_bundle.ipynb #c053
+# %% ../nbs/10_bundle.ipynb #c050
 def check_file(bundle, card:dict, fname:str) -> Path:
     "Path of `fname` in `bundle` after checking its sha256 against the card"
     p = Path(bundle)/fname
@@ -222,19 +214,19 @@ def check_file(bundle, card:dict, fname:str) -> Path:
     if sha256_file(p) != want: raise BundleError(f"{p} does not match the sha256 in its card (modified or corrupt); re-export the model")
     return p
 
-# %% ../nbs/10_bundle.ipynb #c056
+# %% ../nbs/10_bundle.ipynb #c053
 def verify_bundle(bundle) -> dict:
     "The card of `bundle`, after checking every file it lists against its sha256 (`BundleError` for the first that fails)"
     card = read_card(bundle)
     for fname in card['files']: check_file(bundle, card, fname)
     return card
 
-# %% ../nbs/10_bundle.ipynb #c059
+# %% ../nbs/10_bundle.ipynb #c056
 def _umask() -> int:
     "The process's umask (reading it means setting it, so it is set back at once)"
     m = os.umask(0); os.umask(m); return m
 
-# %% ../nbs/10_bundle.ipynb #c060
+# %% ../nbs/10_bundle.ipynb #c057
 def install_bundle(tmp:Path, dest:Path) -> Path:
     "Rename the finished bundle folder `tmp` to `dest`, replacing an existing bundle safely"
     tmp, dest = Path(tmp), Path(dest)
@@ -243,7 +235,7 @@ def install_bundle(tmp:Path, dest:Path) -> Path:
     for f in tmp.iterdir(): os.chmod(f, 0o666 & ~m)
     return replace_dir(tmp, dest)
 
-# %% ../nbs/10_bundle.ipynb #c063
+# %% ../nbs/10_bundle.ipynb #c060
 @contextmanager
 def building(models_dir):
     "Hold `models_dir`'s build lock inside the block, after removing what killed builds left there (`.tmp-*`)"
@@ -253,7 +245,7 @@ def building(models_dir):
         remove_stale_temps(models_dir, min_age_s=0)   # under the lock no build is running: every temp is a dead one's
         yield models_dir
 
-# %% ../nbs/10_bundle.ipynb #c066
+# %% ../nbs/10_bundle.ipynb #c063
 log = logging.getLogger('bear_classifier')
 
 def list_bundles(models_root=None) -> list[tuple[Path, dict]]:
@@ -267,7 +259,7 @@ def list_bundles(models_root=None) -> list[tuple[Path, dict]]:
         except BundleError as e: warnings.warn(f"skipping {d}: {e}")
     return sorted(out, key=lambda pc: (pc[1].get('kind') != 'starter', parse_utc(pc[1]['created'])), reverse=True)
 
-# %% ../nbs/10_bundle.ipynb #c068
+# %% ../nbs/10_bundle.ipynb #c065
 def latest_bundle(models_root=None) -> Path|None:
     "The newest trained bundle under `models_root` (by its card's `created`), else the newest starter, else None"
     bs = list_bundles(models_root)
@@ -276,7 +268,7 @@ def latest_bundle(models_root=None) -> Path|None:
     log.info("latest bundle under %s: %s (%s, created %s, %d bundle(s) found)", p.parent, p.name, card.get('kind'), card['created'], len(bs))
     return p
 
-# %% ../nbs/10_bundle.ipynb #c071
+# %% ../nbs/10_bundle.ipynb #c068
 def load_bundle_learner(bundle, trust:bool=False, cpu:bool=True):
     "`load_learner` on `bundle/export.pkl`, refused unless its sha256 matches the card or `trust=True`"
     from fastai.learner import load_learner

@@ -17,7 +17,7 @@ from fastcore.script import call_parse
 from scipy.stats import chi2_contingency, fisher_exact, mannwhitneyu
 
 from .files import atomic_path, atomic_write, log_location, models_root, one_line, settings, utc_now
-from .predlog import NOT_A_BEAR, PredictionLog, log_name, row_answer
+from .predlog import NONE_OF_THESE, PredictionLog, log_name, row_answer
 
 # %% auto #0
 __all__ = ['MIN_EXPECTED', 'ALPHA', 'WINDOW', 'MIN_WINDOW', 'answer_counts', 'count_figures', 'window_figures', 'merge_sparse',
@@ -27,18 +27,18 @@ __all__ = ['MIN_EXPECTED', 'ALPHA', 'WINDOW', 'MIN_WINDOW', 'answer_counts', 'co
 
 # %% ../nbs/13_monitor.ipynb #c006
 def answer_counts(rows:list[dict], cats:list[str]) -> dict:
-    "How many of `rows` gave each answer of `cats` (a label, or `NOT_A_BEAR`)"
+    "How many of `rows` gave each answer of `cats` (a label, or `NONE_OF_THESE`)"
     c = dict.fromkeys(cats, 0)
     for r in rows: c[row_answer(r)] = c.get(row_answer(r), 0) + 1
     return c
 
 # %% ../nbs/13_monitor.ipynb #c009
 def count_figures(counts:dict) -> dict:
-    "`n`, the answer counts and shares, and the count and share of \"not a bear\" of answer counts `counts`"
+    "`n`, the answer counts and shares, and the count and share of \"none of these\" of answer counts `counts`"
     n = sum(counts.values())
-    nab = counts.get(NOT_A_BEAR, 0)
+    nab = counts.get(NONE_OF_THESE, 0)
     return dict(n=n, answer_counts=dict(counts), label_mix={k: c/max(n, 1) for k, c in counts.items()},
-                not_a_bear_n=nab, not_a_bear_share=nab/max(n, 1))
+                none_n=nab, none_share=nab/max(n, 1))
 
 # %% ../nbs/13_monitor.ipynb #c012
 def window_figures(rows:list[dict], cats:list[str]) -> dict:
@@ -115,7 +115,7 @@ def judge(tests:list[dict], alpha:float=ALPHA) -> list[list[str]]:
     return alerts
 
 # %% ../nbs/13_monitor.ipynb #c034
-_NOT_A_BEAR_NAMES = ('not a bear', NOT_A_BEAR, 'ood')
+_NONE_NAMES = ('none of these', NONE_OF_THESE, 'not a bear', 'not_a_bear', 'ood')   # names in older cards
 
 def reference_from_card(card:dict) -> dict|None:
     "The card's validation figures in `window_figures`' shape (counts rebuilt from shares for older cards); None without them"
@@ -123,12 +123,12 @@ def reference_from_card(card:dict) -> dict|None:
     n, counts = int(v.get('n') or 0), v.get('answer_counts')
     if not n or not (counts or v.get('label_mix')): return None
     if not counts:   # shares only: top labels over all answers, and the in-domain rate
-        mix = {(NOT_A_BEAR if k in _NOT_A_BEAR_NAMES else k): float(p) for k, p in v['label_mix'].items()}
-        if NOT_A_BEAR not in mix:
+        mix = {(NONE_OF_THESE if k in _NONE_NAMES else k): float(p) for k, p in v['label_mix'].items()}
+        if NONE_OF_THESE not in mix:
             nab = 1 - float(v.get('in_domain_rate', 1.0))
-            mix = {k: p * (1 - nab) for k, p in mix.items()} | {NOT_A_BEAR: nab}
+            mix = {k: p * (1 - nab) for k, p in mix.items()} | {NONE_OF_THESE: nab}
         counts = {k: round(n * p) for k, p in mix.items()}
-    counts = {(NOT_A_BEAR if k in _NOT_A_BEAR_NAMES else k): int(c) for k, c in counts.items()}
+    counts = {(NONE_OF_THESE if k in _NONE_NAMES else k): int(c) for k, c in counts.items()}
     conf = [float(c) for c in v.get('confidences') or []]
     return dict(count_figures(counts), confidences=conf or None, mean_confidence=v.get('mean_confidence'),
                 feedback_n=0, feedback_errors=0, feedback_error_rate=None, rebuilt=not v.get('answer_counts'))
@@ -137,7 +137,7 @@ def reference_from_card(card:dict) -> dict|None:
 def window_tests(now:dict, ref:dict) -> dict:
     "The tests of window figures `now` against reference figures `ref`: {name: test result with its p-value}"
     t = {'answer mix': mix_test(ref['answer_counts'], now['answer_counts']),
-         'not a bear': excess_test(now['not_a_bear_n'], now['n'], ref['not_a_bear_n'], ref['n'])}
+         'none of these': excess_test(now['none_n'], now['n'], ref['none_n'], ref['n'])}
     if ref.get('confidences'): t['confidence'] = confidence_test(now['confidences'], ref['confidences'])
     if ref.get('feedback_n') and now.get('feedback_n'):
         t['feedback errors'] = excess_test(now['feedback_errors'], now['feedback_n'], ref['feedback_errors'], ref['feedback_n'])
@@ -186,7 +186,7 @@ def describe_reference(ref:dict, origin:str) -> str:
 # %% ../nbs/13_monitor.ipynb #c052
 def report_rows(rows:list[dict], card:dict|None=None, window:int=WINDOW, baseline:int=100, alpha:float=ALPHA) -> ShiftReport:
     "Test consecutive windows of `window` log rows (oldest first) against the card's, or the first `baseline` rows', figures"
-    cats = sorted({row_answer(r) for r in rows} | set((card or {}).get('vocab', [])) | {NOT_A_BEAR})
+    cats = sorted({row_answer(r) for r in rows} | set((card or {}).get('vocab', [])) | {NONE_OF_THESE})
     ref, origin = reference_from_card(card or {}), 'model card (validation split)'
     if ref is None:
         if len(rows) < baseline:
@@ -210,7 +210,7 @@ def _window_line(s:str, e:str, f:dict, a:list) -> str:
     ps = ', '.join(f"{k} {t['p']:.2g}" for k, t in f.get('tests', {}).items())
     if ps: extra += f'  p: {ps}'
     return (f"{s[:19]} .. {e[:19]}  n={f['n']:4d}  confidence {f['mean_confidence']:.3f}  "
-            f"not-a-bear {f['not_a_bear_n']}{extra}  {'SHIFT: ' + '; '.join(a) if a else 'ok'}")
+            f"none of these {f['none_n']}{extra}  {'SHIFT: ' + '; '.join(a) if a else 'ok'}")
 
 # %% ../nbs/13_monitor.ipynb #c059
 @patch
@@ -235,7 +235,7 @@ def plot_report(rep:ShiftReport, dest) -> Path:
     fig, axs = plt.subplots(1, 4, figsize=(15, 3.2))
     for c in rep.reference['label_mix']: axs[0].plot(xs, [f['label_mix'].get(c, 0) for f in figs], marker='o', label=c)
     axs[0].set_title('answer mix'); axs[0].legend(fontsize=7)
-    for ax, k, title in [(axs[1], 'mean_confidence', 'mean confidence'), (axs[2], 'not_a_bear_share', 'share "not a bear"')]:
+    for ax, k, title in [(axs[1], 'mean_confidence', 'mean confidence'), (axs[2], 'none_share', 'share "none of these"')]:
         ax.plot(xs, [f[k] for f in figs], marker='o'); ax.set_title(title)
         if rep.reference.get(k) is not None: ax.axhline(rep.reference[k], ls='--', c='gray')
     axs[3].semilogy(xs, [max(min((t['p_adj'] for t in f['tests'].values()), default=1.0), 1e-16) for f in figs], marker='o')

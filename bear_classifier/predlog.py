@@ -20,8 +20,8 @@ from .images import ImageError, decode_bytes, image_format
 from .manifest import append_manifest, last_rows, phash_hex, read_manifest
 
 # %% auto #0
-__all__ = ['PREDICTIONS', 'NOT_A_BEAR', 'row_answer', 'log_name', 'engine_url', 'open_engine', 'create_table', 'PredictionLog',
-           'review_row', 'log_problem', 'LogOff', 'LogUnavailable', 'LogBusy', 'PredictionRecorder']
+__all__ = ['PREDICTIONS', 'NONE_OF_THESE', 'LEGACY_NONE', 'row_answer', 'log_name', 'engine_url', 'open_engine', 'create_table',
+           'PredictionLog', 'review_row', 'log_problem', 'LogOff', 'LogUnavailable', 'LogBusy', 'PredictionRecorder']
 
 # %% ../nbs/04_predlog.ipynb #c006
 PREDICTIONS = sa.Table(
@@ -33,21 +33,22 @@ PREDICTIONS = sa.Table(
     sa.Column('label', sa.Text, nullable=False),                    # the model's answer (top class)
     sa.Column('probability', sa.Double, nullable=False),
     sa.Column('probs', sa.Text, nullable=False),                    # JSON {label: p}
-    sa.Column('in_domain', sa.Integer, nullable=False),             # 0: "not a bear"
+    sa.Column('in_domain', sa.Integer, nullable=False),             # 0: "none of these"
     sa.Column('sha256', sa.Text), sa.Column('width', sa.Integer), sa.Column('height', sa.Integer),
     sa.Column('nbytes', sa.Integer), sa.Column('latency_ms', sa.Double),
     sa.Column('image_path', sa.Text),                               # only when images are kept or feedback was given
-    sa.Column('feedback', sa.Text), sa.Column('feedback_ts', sa.Text),   # a user's verdict: the right label, or 'not_a_bear'
+    sa.Column('feedback', sa.Text), sa.Column('feedback_ts', sa.Text),   # a user's verdict: the right label, or 'none_of_these'
     sa.Column('reviewer', sa.Text), sa.Column('reviewer_ts', sa.Text),   # human-in-the-loop verdict (the reviewer's label)
     sa.Index('predictions_ts', 'ts'),
     sqlite_autoincrement=True)
 
 # %% ../nbs/04_predlog.ipynb #c009
-NOT_A_BEAR = 'not_a_bear'
+NONE_OF_THESE = 'none_of_these'   # the answer "none of these" (out of the model's domain), for every label set
+LEGACY_NONE = ('not_a_bear',)      # its name before issue 12, still accepted as a verdict
 
 def row_answer(row:dict) -> str:
-    "The answer a logged `row` gave: its label, or `NOT_A_BEAR` when the model said it is out of its domain"
-    return row['label'] if row['in_domain'] else NOT_A_BEAR
+    "The answer a logged `row` gave: its label, or `NONE_OF_THESE` when the model said it is out of its domain"
+    return row['label'] if row['in_domain'] else NONE_OF_THESE
 
 # %% ../nbs/04_predlog.ipynb #c012
 def _location(x) -> Path|str:
@@ -215,7 +216,7 @@ def get(self:PredictionLog, pred_id:int) -> dict|None:
 # %% ../nbs/04_predlog.ipynb #c055
 @patch
 def logged_answer(self:PredictionLog, pred_id:int) -> dict|None:
-    "The answer (`NOT_A_BEAR` when out of domain) and image hash of prediction `pred_id`; None if unknown"
+    "The answer (`NONE_OF_THESE` when out of domain) and image hash of prediction `pred_id`; None if unknown"
     row = self.get(pred_id)
     return None if row is None else dict(answer=row_answer(row), sha256=row['sha256'])
 
@@ -257,6 +258,7 @@ def feedback(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, 
     "Record the right `label` for prediction `pred_id`; a correction saves `image` into the review queue, replacing an earlier one's"
     row = self.get(pred_id)
     if row is None: raise KeyError(f'no prediction with id {pred_id}')
+    if label in LEGACY_NONE: label = NONE_OF_THESE
     col = 'reviewer' if reviewer else 'feedback'
     self._update(pred_id, {col: label, f'{col}_ts': utc_now()})
     old = Path(row['image_path']) if row['image_path'] and Path(row['image_path']).parent.name in (row['feedback'], row['reviewer']) else None

@@ -33,7 +33,7 @@ import numpy as np
 from scipy.stats import beta
 from bear_classifier import monitor
 from bear_classifier.files import atomic_write, utc_now
-from bear_classifier.predlog import NOT_A_BEAR
+from bear_classifier.predlog import NONE_OF_THESE
 from bear_classifier.testing import shared_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +67,8 @@ def card_for(starter_card:dict, valid:list, counts:bool) -> dict:
     fields = Prediction.__dataclass_fields__
     v = validation_summary([Prediction(**{k: p[k] for k in fields}) for p in valid])
     if counts:
-        ans = [p['label'] if p['in_domain'] else NOT_A_BEAR for p in valid]
-        v.setdefault('answer_counts', {k: ans.count(k) for k in [*starter_card['vocab'], NOT_A_BEAR]})
+        ans = [p['label'] if p['in_domain'] else NONE_OF_THESE for p in valid]
+        v.setdefault('answer_counts', {k: ans.count(k) for k in [*starter_card['vocab'], NONE_OF_THESE]})
         v.setdefault('confidences', sorted(round(p['probability'], 4) for p in valid))
     else: v = {k: x for k, x in v.items() if k not in ('answer_counts', 'confidences')}
     return dict(starter_card, validation=v)

@@ -5,7 +5,7 @@ One process, the same photos, the methods interleaved image by image so that a b
 them all alike:
   learn.predict(path)        fastai, from the bundle's export.pkl (what the lesson's app does)
   raw forward (torch)        learn.model on an already preprocessed tensor: the network alone
-  raw forward (onnx)         the bundle's model.onnx (network + "not a bear" gate) on the same tensor, ONNX Runtime
+  raw forward (onnx)         the bundle's model.onnx (network + "none of these" gate) on the same tensor, ONNX Runtime
   Predictor torch / onnx     Predictor.predict(path): read + decode + preprocess + network + answer
 Reports p50/p95 latency, images/s at batch 1 and at batch 32 (learn.get_preds on a test_dl vs
 Predictor.predict_batch, decoding included), model load time, and peak RSS of a fresh process that
@@ -115,10 +115,10 @@ def bench_model(bundle, files, repeats, bs=32, threads=1):
     lp = rows['learn.predict']['p50_ms']
     for m in rows: rows[m]['vs_learn_predict'] = rows[m]['p50_ms'] / lp
     return dict(model=card['name'], kind=card['kind'], version=card['version'], size=card['input']['size'], threads=threads,
-                gate=card['not_a_bear'].get('features'), n_images=len(files), repeats=repeats, rows=rows)
+                gate=card['none_of_these'].get('features'), n_images=len(files), repeats=repeats, rows=rows)
 
 def print_table(r):
-    print(f"\n## {r['model']} ({r['kind']}, input {r['size']}, not-a-bear features: {r['gate']}); "
+    print(f"\n## {r['model']} ({r['kind']}, input {r['size']}, none-of-these features: {r['gate']}); "
           f"{r['n_images']} photos x {r['repeats']} repeats, {r['threads']} thread(s)")
     print("| method | p50 ms | p95 ms | vs learn.predict (p50) | img/s batch 1 | img/s batch 32 | load s | peak RSS MiB (fresh process) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -13,7 +13,7 @@ from bear_classifier.files import Settings
 from bear_classifier.inference import Predictor
 from bear_classifier.api import create_app, openapi_schema, bear_serve
 from bear_classifier.api import MULTIPART_SLACK
-from bear_classifier.predlog import PredictionLog, NOT_A_BEAR
+from bear_classifier.predlog import PredictionLog, NONE_OF_THESE
 from bear_classifier.manifest import read_manifest, usable_files
 from bear_classifier.testing import LoopbackServer, png_bomb, sample_photos, starter_bundle
 
@@ -323,7 +323,7 @@ def test_batch_predictions_are_logged_failures_are_not(server, settings, photos)
 
 def b64(b): return base64.b64encode(b).decode()
 
-def answer_of(pred): return pred['label'] if pred['in_domain'] else NOT_A_BEAR
+def answer_of(pred): return pred['label'] if pred['in_domain'] else NONE_OF_THESE
 
 def test_feedback_confirms_and_corrects(server, settings, predictor, photos):
     review = Path(settings.review_root)
@@ -334,7 +334,7 @@ def test_feedback_confirms_and_corrects(server, settings, predictor, photos):
     assert logged(settings)[right['id']]['feedback'] == answer_of(right)
     assert not read_manifest(review)                                        # a confirmation keeps no photo
     wrong = post_raw(server.url, photos['coffee']).json()
-    fix = next(l for l in [*map(str, predictor.vocab), NOT_A_BEAR] if l != answer_of(wrong))
+    fix = next(l for l in [*map(str, predictor.vocab), NONE_OF_THESE] if l != answer_of(wrong))
     fb = httpx.post(f"{server.url}/feedback", json={'id': wrong['id'], 'label': fix, 'image': b64(photos['coffee'])})
     assert fb.status_code == 200, fb.text
     assert (fb.json()['correct'], fb.json()['label']) == (False, fix)
@@ -346,7 +346,7 @@ def test_feedback_confirms_and_corrects(server, settings, predictor, photos):
     assert logged(settings)[wrong['id']]['feedback'] == fix
     # a data: URL works too, a batch item's id as well; a correction without the photo is recorded, nothing saved
     item = httpx.post(f"{server.url}/predict/batch", files=[('files', ('c.jpg', photos['china'], 'image/jpeg'))], timeout=60).json()[0]
-    other = next(l for l in [*map(str, predictor.vocab), NOT_A_BEAR] if l != answer_of(item['prediction']))
+    other = next(l for l in [*map(str, predictor.vocab), NONE_OF_THESE] if l != answer_of(item['prediction']))
     fb = httpx.post(f"{server.url}/feedback", json={'id': item['prediction']['id'], 'label': other})
     assert fb.json() == {'id': item['prediction']['id'], 'label': other, 'correct': False, 'saved': None}
     fb = httpx.post(f"{server.url}/feedback", json={'id': item['prediction']['id'], 'label': other,
@@ -360,7 +360,7 @@ def test_feedback_corrected_twice_keeps_the_photo_once(server, settings, predict
     photo = jpeg(samples['flower'], quality=77)          # bytes no other test sends: only this prediction holds them
     review, sha = Path(settings.review_root), hashlib.sha256(photo).hexdigest()
     pred = post_raw(server.url, photo).json()
-    wrong = [l for l in [*map(str, predictor.vocab), NOT_A_BEAR] if l != answer_of(pred)]
+    wrong = [l for l in [*map(str, predictor.vocab), NONE_OF_THESE] if l != answer_of(pred)]
     def queued():
         return sorted(f.relative_to(review).as_posix() for f in usable_files(review) if hashlib.sha256(f.read_bytes()).hexdigest() == sha)
     for label, image in ((wrong[0], photo), (wrong[1], photo), (wrong[0], None)):
@@ -378,7 +378,7 @@ def test_feedback_errors(server, settings, photos):
     check_error(httpx.post(url, json={'id': 10**12, 'label': label}), 404, 'unknown_id')
     check_error(httpx.post(url, json={'id': 10**12, 'label': label, 'image': b64(b'junk')}), 404, 'unknown_id')
     body = check_error(httpx.post(url, json={'id': pid, 'label': 'panda'}), 422, 'unknown_label')
-    assert NOT_A_BEAR in body['detail'] and 'grizzly' in body['detail']
+    assert NONE_OF_THESE in body['detail'] and 'grizzly' in body['detail']
     for bad in ({'id': str(pid), 'label': label}, {'id': True, 'label': label}, {'id': float(pid), 'label': label}):
         body = check_error(httpx.post(url, json=bad), 422, 'malformed_request')     # "5", true, 5.0: not ids
         assert body['detail'].startswith('id: must be a JSON integer') and json.dumps(bad['id']) in body['detail'], body
@@ -410,7 +410,7 @@ def test_a_broken_log_does_not_break_predict(predictor, tmp_path, photos, capfd)
             assert r.status_code == 200 and r.json()['id'] is None and r.json()['label'], r.text
         items = httpx.post(f"{srv.url}/predict/batch", files=[('files', ('a.jpg', photos['coffee'], 'image/jpeg'))], timeout=60).json()
         assert items[0]['status'] == 200 and items[0]['prediction']['id'] is None
-        check_error(httpx.post(f"{srv.url}/feedback", json={'id': 1, 'label': NOT_A_BEAR}), 503, 'log_unavailable')
+        check_error(httpx.post(f"{srv.url}/feedback", json={'id': 1, 'label': NONE_OF_THESE}), 503, 'log_unavailable')
     err = [l for l in capfd.readouterr().err.splitlines() if 'prediction log' in l]
     assert len(err) == 1 and err[0].startswith('bear-serve: cannot open the prediction log') and 'answering without logging' in err[0], err
 
@@ -419,7 +419,7 @@ def test_logging_off(predictor, photos):
         assert httpx.get(f"{srv.url}/health").json()['logging'] is False
         r = post_raw(srv.url, photos['chelsea'])
         assert r.status_code == 200 and r.json()['id'] is None
-        check_error(httpx.post(f"{srv.url}/feedback", json={'id': 1, 'label': NOT_A_BEAR}), 503, 'feedback_off')
+        check_error(httpx.post(f"{srv.url}/feedback", json={'id': 1, 'label': NONE_OF_THESE}), 503, 'feedback_off')
 
 def test_a_locked_log_delays_no_answer_and_loses_no_row(predictor, tmp_path, photos, capfd):
     db = tmp_path / 'locked.sqlite'

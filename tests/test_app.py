@@ -15,7 +15,7 @@ from bear_classifier import app as bapp, launch, testing
 from bear_classifier.app import BearApp, answer_text, build_app, page_words, thumbnail, upload_limit, websocket_limit
 from bear_classifier.files import Settings
 from bear_classifier.images import MAX_IMAGE_BYTES, ImageError, decode_bytes
-from bear_classifier.predlog import NOT_A_BEAR, PredictionLog
+from bear_classifier.predlog import NONE_OF_THESE, PredictionLog
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -235,8 +235,8 @@ def test_right_and_wrong(predictor, grizzly_photo, logdb):
     from bear_classifier.manifest import read_manifest, usable_files
     app = BearApp(predictor, log=logdb)
     upload(app, grizzly_photo); click(app)
-    assert app.feedback.layout.display is None and shown_fixes(app) == {'black', 'teddy', NOT_A_BEAR}
-    assert app.fixes[NOT_A_BEAR].description == app.words['none_button'] and app.right.description == 'Right'
+    assert app.feedback.layout.display is None and shown_fixes(app) == {'black', 'teddy', NONE_OF_THESE}
+    assert app.fixes[NONE_OF_THESE].description == app.words['none_button'] and app.right.description == 'Right'
     app.right.click()
     assert 'Thanks — glad it was right' in app.thanks.value and all(b.disabled for b in verdict_buttons(app))
     app.fixes['teddy'].click()                                                     # one verdict per answer
@@ -280,7 +280,7 @@ def test_review_mode(predictor, grizzly_photo, sample_photos, logdb):
     logged = rows(logdb)
     assert [(r['reviewer'], r['feedback']) for r in logged] == [('grizzly', None), ('teddy', None)]
     assert [m['label'] for m in read_manifest(logdb.parent/'review')] == ['teddy']
-    assert window_figures(logged, ['black', 'grizzly', 'teddy', NOT_A_BEAR])['reviewer_agreement'] == 0.5
+    assert window_figures(logged, ['black', 'grizzly', 'teddy', NONE_OF_THESE])['reviewer_agreement'] == 0.5
 
 
 @pytest.mark.parametrize('where', ['under_a_file', 'a_folder'])
@@ -450,7 +450,7 @@ def test_a_non_bear_model_says_nothing_about_bears(logdb):
     app = BearApp(Stub(['citroen_2cv', 'renault_4', 'vw_beetle'], in_domain=False), log=logdb)
     upload(app, jpeg(Image.new('RGB', (64, 64), (10, 200, 30)))); click(app)
     assert app.label.value == "This doesn't look like a citroen_2cv, renault_4 or vw_beetle"
-    assert app.title == 'Citroen_2cv, renault_4 or vw_beetle?' and app.fixes[NOT_A_BEAR].description == 'none of these'
+    assert app.title == 'Citroen_2cv, renault_4 or vw_beetle?' and app.fixes[NONE_OF_THESE].description == 'none of these'
     assert 'bear' not in page_text(app).lower(), page_text(app)
     with_task = BearApp(Stub(['black', 'grizzly'], task='bear', in_domain=False))
     upload(with_task, jpeg(Image.new('RGB', (64, 64)))); click(with_task)
@@ -464,7 +464,7 @@ def test_many_labels_get_a_dropdown(logdb):
     upload(app, jpeg(Image.new('RGB', (64, 64)))); click(app)
     pick, send = app.pick
     assert [a for _, a in pick.options][-1] == 'plant_0' and pick.value != 'plant_0'      # the model's answer last, not first
-    assert ('not a houseplant', NOT_A_BEAR) in pick.options
+    assert ('not a houseplant', NONE_OF_THESE) in pick.options
     pick.value = 'plant_5'; send.click()
     assert 'saved as plant_5' in app.thanks.value and send.disabled and pick.disabled
     assert rows(logdb)[-1]['feedback'] == 'plant_5'

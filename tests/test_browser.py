@@ -13,7 +13,7 @@ from PIL import Image
 from bear_classifier import testing
 from bear_classifier.images import ImageError, decode_bytes
 from bear_classifier.manifest import read_manifest
-from bear_classifier.predlog import NOT_A_BEAR, PredictionLog
+from bear_classifier.predlog import NONE_OF_THESE, PredictionLog
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -134,7 +134,7 @@ def test_grizzly(page, server, bear, tmp_path):
     assert page.locator('.bear-probs-table tr').count() == 3
     shot(page, '1_grizzly')
     # "wrong?": correct the answer; the page thanks, the log and the review queue have it
-    answer = text.split(';')[0].removeprefix('Prediction: ') if text.startswith('Prediction') else NOT_A_BEAR
+    answer = text.split(';')[0].removeprefix('Prediction: ') if text.startswith('Prediction') else NONE_OF_THESE
     fix = 'teddy' if answer != 'teddy' else 'black'
     assert page.locator(f'.bear-fix-{answer}').count() == 1 and not page.locator(f'.bear-fix-{answer}').is_visible()
     page.click(f'.bear-fix-{fix}')
@@ -146,7 +146,7 @@ def test_grizzly(page, server, bear, tmp_path):
     log = PredictionLog(db)
     last = log.rows()[-1]; log.close()
     assert (last['frontend'], last['model_kind'], last['feedback']) == ('app', 'starter', fix)
-    assert (last['label'] if last['in_domain'] else NOT_A_BEAR) == answer
+    assert (last['label'] if last['in_domain'] else NONE_OF_THESE) == answer
     assert [(m['label'], m['source']) for m in read_manifest(db.parent/'review')] == [(fix, 'feedback')]
 
 
@@ -254,7 +254,8 @@ def get(url, headers=None, timeout=STARTUP_S):
     except urllib.error.HTTPError as e: return e.code, e.read()
 
 
-def test_twenty_visitors_at_once_never_run_more_kernels_than_the_ceiling(tmp_path):
+def test_thirty_visitors_at_once_never_run_more_kernels_than_the_ceiling(tmp_path):
+    "30 rapid page loads at once (issue 16: the fault suite's 30, more than the done-when's 20): never more kernels than the cap"
     import threading
     cap, idle = 3, 20
     proc, url, log = start_app(tmp_path, '--model', testing.starter_bundle(), '--max-kernels', cap, '--idle', idle)
@@ -262,13 +263,13 @@ def test_twenty_visitors_at_once_never_run_more_kernels_than_the_ceiling(tmp_pat
         t0 = time.time()
         while kernel_count(proc) < 1 and time.time() - t0 < STARTUP_S: time.sleep(1)
         answers = []
-        threads = [threading.Thread(target=lambda: answers.append(get(url))) for _ in range(20)]
+        threads = [threading.Thread(target=lambda: answers.append(get(url))) for _ in range(30)]
         for t in threads: t.start()
         samples = []
         while any(t.is_alive() for t in threads): samples.append(kernel_count(proc)); time.sleep(1)   # sampled each second
         assert max(samples) <= cap, samples
         busy = [b for code, b in answers if code == 503]
-        assert len(answers) == 20 and len(busy) >= 20 - cap and all(b'busy-title' in b for b in busy)
+        assert len(answers) == 30 and len(busy) >= 30 - cap and all(b'busy-title' in b for b in busy)
         assert all(code in (200, 503) for code, _ in answers)
         t1 = time.time()                                           # idle kernels are shut down: back to the pre-heated one
         while kernel_count(proc) > 1 and time.time() - t1 < idle * 6: samples.append(kernel_count(proc)); time.sleep(1)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from scipy import stats
 from bear_classifier.files import utc_now
-from bear_classifier.predlog import NOT_A_BEAR, PredictionLog, row_answer
+from bear_classifier.predlog import NONE_OF_THESE, PredictionLog, row_answer
 from bear_classifier.monitor import (ALPHA, confidence_test, excess_test, holm, merge_sparse, mix_test, report_rows,
                                      shift_report)
 
@@ -29,7 +29,7 @@ def _rows(answers, t0=0):
 
 def _card(ref):
     "A card whose validation section holds the counts and confidences of answers `ref`"
-    counts = {k: sum(r['in_domain'] and r['label'] == k for r in ref) for k in LABELS} | {NOT_A_BEAR: sum(not r['in_domain'] for r in ref)}
+    counts = {k: sum(r['in_domain'] and r['label'] == k for r in ref) for k in LABELS} | {NONE_OF_THESE: sum(not r['in_domain'] for r in ref)}
     return {'vocab': LABELS, 'validation': {'n': len(ref), 'answer_counts': counts,
                                             'confidences': sorted(round(r['probability'], 4) for r in ref)}}
 
@@ -45,9 +45,9 @@ def test_chi_square_of_the_answer_mix():
     assert t['what'] == 'c 50 of 100, expected 25.0'
 
 def test_sparse_answers_are_merged_until_the_expected_count_is_reached():
-    table = {'a': (60, 50), 'b': (38, 46), NOT_A_BEAR: (2, 4), 'c': (0, 0)}
+    table = {'a': (60, 50), 'b': (38, 46), NONE_OF_THESE: (2, 4), 'c': (0, 0)}
     cols = merge_sparse(table)
-    assert cols == {'a': (60, 50), f'{NOT_A_BEAR}+b': (40, 50)}     # 'c' never seen: dropped
+    assert cols == {'a': (60, 50), f'{NONE_OF_THESE}+b': (40, 50)}     # 'c' never seen: dropped
     assert min(sum(v) for v in cols.values()) * 100 / 200 >= 5
     assert len(cols) == 2 and mix_test({k: v[0] for k, v in table.items()}, {k: v[1] for k, v in table.items()})['dof'] == 1
 
@@ -98,7 +98,7 @@ def test_report_alarms_only_on_the_shifted_phase(tmp_path):
     rep = shift_report(log, card, window=100)
     assert [bool(a) for s, e, f, a in rep.windows] == [False]*3 + [True]*3, rep.summary()
     assert all(s >= cut for s, e, f, a in rep.windows if a)
-    assert set(rep.windows[-1][2]['tests']) == {'answer mix', 'not a bear', 'confidence'} and rep.n_tests == 18
+    assert set(rep.windows[-1][2]['tests']) == {'answer mix', 'none of these', 'confidence'} and rep.n_tests == 18
     text = rep.summary()
     assert 'Holm over 18 tests at family level 0.001' in text and text.endswith('verdict: SHIFT in 3 of 6 windows')
     # feedback errors appear in the figures; with a baseline from the log they are tested too
@@ -115,7 +115,7 @@ def test_a_card_with_shares_only_still_gives_a_reference():
                                             'in_domain_rate': .98, 'mean_confidence': .95}}
     rep = report_rows(_rows(_draw(rng, 200)), card)
     assert not rep.alert and 'counts rebuilt from the shares' in rep.reference_source
-    assert set(rep.windows[0][2]['tests']) == {'answer mix', 'not a bear'}
+    assert set(rep.windows[0][2]['tests']) == {'answer mix', 'none of these'}
 
 # --- the command line
 

@@ -7,7 +7,7 @@ from bear_classifier.cluster import PostgresServer, postgres_problem
 from bear_classifier.files import project_root, sha256_bytes
 from bear_classifier.images import encode_jpeg
 from bear_classifier.manifest import read_manifest, usable_files
-from bear_classifier.predlog import (PredictionLog, PredictionRecorder, NOT_A_BEAR, LogOff, LogUnavailable, LogBusy,
+from bear_classifier.predlog import (PredictionLog, PredictionRecorder, NONE_OF_THESE, LogOff, LogUnavailable, LogBusy,
                                      log_name, log_problem, row_answer)
 from bear_classifier.testing import free_port
 
@@ -92,22 +92,22 @@ def test_feedback_fills_the_review_queue_once(location, tmp_path, jpeg):
     assert log.logged_answer(rid) == dict(answer='teddy', sha256=sha256_bytes(jpeg))
     assert log.logged_answer(rid + 1) is None
     assert log.record_verdict(rid, 'teddy', jpeg) is None          # a confirmation keeps no photo
-    saved = log.record_verdict(rid, NOT_A_BEAR, jpeg)
-    assert saved == f'{NOT_A_BEAR}/{sha256_bytes(jpeg)[:16]}.jpg'
+    saved = log.record_verdict(rid, NONE_OF_THESE, jpeg)
+    assert saved == f'{NONE_OF_THESE}/{sha256_bytes(jpeg)[:16]}.jpg'
     assert usable_files(log.review_root) == [log.review_root/saved]
     rid2 = log.log(_row('black'), 'app', image=jpeg)
-    log.feedback(rid2, NOT_A_BEAR, image=jpeg, reviewer=True)       # the same photo again: one file, one row
+    log.feedback(rid2, NONE_OF_THESE, image=jpeg, reviewer=True)       # the same photo again: one file, one row
     [m] = read_manifest(log.review_root)
-    assert (m['source'], m['label'], m['sha256'], m['status']) == ('feedback', NOT_A_BEAR, sha256_bytes(jpeg), 'ok')
+    assert (m['source'], m['label'], m['sha256'], m['status']) == ('feedback', NONE_OF_THESE, sha256_bytes(jpeg), 'ok')
     r1, r2 = log.get(rid), log.get(rid2)
-    assert (r1['feedback'], r2['reviewer'], r2['feedback']) == (NOT_A_BEAR, NOT_A_BEAR, None)
+    assert (r1['feedback'], r2['reviewer'], r2['feedback']) == (NONE_OF_THESE, NONE_OF_THESE, None)
     with pytest.raises(KeyError, match='no prediction with id'): log.feedback(10**6, 'teddy')
 
 def test_answer_of_an_out_of_domain_row_is_not_a_bear(location):
     log = PredictionLog(location)
     rid = log.log(_row('teddy', .4, False), 'api')
-    assert row_answer(log.get(rid)) == NOT_A_BEAR and log.logged_answer(rid)['answer'] == NOT_A_BEAR
-    assert log.feedback(rid, NOT_A_BEAR, image=b'not even an image') is None   # agrees: nothing decoded or saved
+    assert row_answer(log.get(rid)) == NONE_OF_THESE and log.logged_answer(rid)['answer'] == NONE_OF_THESE
+    assert log.feedback(rid, NONE_OF_THESE, image=b'not even an image') is None   # agrees: nothing decoded or saved
 
 # ---------------------------------------------------------------- the service's background writer
 
