@@ -287,16 +287,18 @@ def test_thirty_visitors_at_once_never_run_more_kernels_than_the_ceiling(tmp_pat
 
 
 def test_busy_page_in_a_browser(tmp_path, page):
-    "The visitor past the ceiling sees the busy page (--max-kernels 2 with one pre-heated kernel: one visitor at a time)"
+    "The visitor past the ceiling sees the busy page (--max-kernels 2: two visitors, the pool's refill within the cap; the third is turned away)"
     proc, url, log = start_app(tmp_path, '--model', testing.starter_bundle(), '--max-kernels', 2)
     browser = page.context.browser                                 # the module's browser (one playwright per process)
     try:
-        first = browser.new_page(); first.goto(url, timeout=STARTUP_S*1000)
-        first.wait_for_selector('.bear-model-text', timeout=STARTUP_S*1000)
-        second = browser.new_page(viewport={'width': 900, 'height': 500}); r = second.goto(url, timeout=STARTUP_S*1000)
-        assert r.status == 503 and 'try again' in second.inner_text('body')
-        second.screenshot(path=str(ARTIFACTS/'app_busy.png'), full_page=True)
-        first.close(); second.close()
+        served = []
+        for _ in range(2):
+            pg = browser.new_page(); pg.goto(url, timeout=STARTUP_S*1000)
+            pg.wait_for_selector('.bear-model-text', timeout=STARTUP_S*1000); served.append(pg)
+        third = browser.new_page(viewport={'width': 900, 'height': 500}); r = third.goto(url, timeout=STARTUP_S*1000)
+        assert r.status == 503 and 'try again' in third.inner_text('body')
+        third.screenshot(path=str(ARTIFACTS/'app_busy.png'), full_page=True)
+        for pg in served + [third]: pg.close()
     finally: stop_app(proc)
 
 
