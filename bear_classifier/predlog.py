@@ -20,7 +20,7 @@ from .images import ImageError, decode_bytes, image_format
 from .manifest import append_manifest, last_rows, phash_hex, read_manifest
 
 # %% auto #0
-__all__ = ['PREDICTIONS', 'NONE_OF_THESE', 'LEGACY_NONE', 'row_answer', 'log_name', 'engine_url', 'open_engine', 'create_table',
+__all__ = ['PREDICTIONS', 'NONE_OF_THESE', 'row_answer', 'verdict_label', 'log_name', 'engine_url', 'open_engine', 'create_table',
            'PredictionLog', 'review_row', 'log_problem', 'LogOff', 'LogUnavailable', 'LogBusy', 'PredictionRecorder']
 
 # %% ../nbs/04_predlog.ipynb #c006
@@ -44,11 +44,14 @@ PREDICTIONS = sa.Table(
 
 # %% ../nbs/04_predlog.ipynb #c009
 NONE_OF_THESE = 'none_of_these'   # the answer "none of these" (out of the model's domain), for every label set
-LEGACY_NONE = ('not_a_bear',)      # its name before issue 12, still accepted as a verdict
 
 def row_answer(row:dict) -> str:
     "The answer a logged `row` gave: its label, or `NONE_OF_THESE` when the model said it is out of its domain"
     return row['label'] if row['in_domain'] else NONE_OF_THESE
+
+def verdict_label(label:str) -> str:
+    "A verdict's label as the log stores it: `not_a_bear`, the name before issue 12, reads as `NONE_OF_THESE` (mapped here only)"
+    return NONE_OF_THESE if label == 'not_a_bear' else label
 
 # %% ../nbs/04_predlog.ipynb #c012
 def _location(x) -> Path|str:
@@ -258,7 +261,7 @@ def feedback(self:PredictionLog, pred_id:int, label:str, image:bytes|None=None, 
     "Record the right `label` for prediction `pred_id`; a correction saves `image` into the review queue, replacing an earlier one's"
     row = self.get(pred_id)
     if row is None: raise KeyError(f'no prediction with id {pred_id}')
-    if label in LEGACY_NONE: label = NONE_OF_THESE
+    label = verdict_label(label)
     col = 'reviewer' if reviewer else 'feedback'
     self._update(pred_id, {col: label, f'{col}_ts': utc_now()})
     old = Path(row['image_path']) if row['image_path'] and Path(row['image_path']).parent.name in (row['feedback'], row['reviewer']) else None

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 
 from .files import Settings, log_location, review_dir, models_root, sha256_bytes, one_line
 from .images import ImageError, decode_bytes, image_size
-from .predlog import PredictionLog, PredictionRecorder, NONE_OF_THESE, LEGACY_NONE, LogOff, LogUnavailable, LogBusy
+from .predlog import PredictionLog, PredictionRecorder, NONE_OF_THESE, LogOff, LogUnavailable, LogBusy, verdict_label
 from .inference import Predictor
 
 _log = logging.getLogger('bear_classifier.service')
@@ -411,7 +411,7 @@ async def feedback(self:ServiceState, pred_id:int, label:str, image:bytes|None=N
     "Record the right `label` for logged prediction `pred_id`; a correction with its photo goes into the review queue"
     p, limit = self.require(), self.settings.max_upload_bytes
     labels = [str(v) for v in p.vocab] + [NONE_OF_THESE]
-    if label in LEGACY_NONE: label = NONE_OF_THESE     # the name before issue 12
+    label = verdict_label(label)
     if label not in labels:
         raise Unprocessable('unknown_label', f"{label!r} is not a label of this model; send one of: {', '.join(labels)}")
     if image is not None and len(image) > limit:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from bear_classifier import testing
+from bear_classifier.cluster import wait_for
 from bear_classifier.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,12 +133,9 @@ def test_the_service_serves_and_takes_feedback(task, bundle, predicted):
                              '--review-root', str(task['review']), '--no-access-log'],
                             cwd=ROOT, stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        testing.wait_listening(proc, port, log, 'bear-serve', STARTUP_S)
         url = f'http://127.0.0.1:{port}'
+        wait_for(f'{url}/health', STARTUP_S, proc, log)             # 200 once the model is loaded
         with httpx.Client(base_url=url, timeout=120, trust_env=False) as c:
-            for _ in range(STARTUP_S):
-                if c.get('/health').json()['status'] == 'ready': break
-                import time; time.sleep(1)
             model = c.get('/model').json()
             words = json.dumps(model).lower().replace('"bear_classifier"', '')      # the package's name, in its versions
             assert model['vocab'] == LABELS and 'bear' not in words, model
